@@ -1,0 +1,249 @@
+"""The edge: bytes in, typed frozen messages out, and back to bytes.
+
+Every input is checked against its JSON Schema (``schemas/``, compiled once with
+fastjsonschema) and a few rules a schema cannot express (the time zone exists, a candidate
+does not expire before it is created, the key is the user id). Anything wrong raises a
+:class:`~streams.errors.ContractError` whose ``code`` is the dead-letter error code.
+
+>>> raw = b'{"event_id":"e1","user_id":"u1","type":"app_open","event_time_ms":1767225600000,"tz":"Asia/Tokyo"}'
+>>> parse_user_event(raw, key=b"u1")
+UserEvent(event_id='e1', user_id='u1', type='app_open', event_time_ms=1767225600000, tz='Asia/Tokyo', intent_id=None)
+>>> parse_user_event(b'{"user_id": 1', key=None)
+Traceback (most recent call last):
+...
+streams.errors.InvalidJSON: not valid JSON: unexpected end of data: line 1 column 14 (char 13)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import fastjsonschema
+import orjson
+
+from streams.errors import (
+    BadTime,
+    ContractError,
+    InvalidJSON,
+    KeyMismatch,
+    NotAnObject,
+    PayloadTooLarge,
+    SchemaViolation,
+    UnknownTimeZone,
+)
+
+FEEDBACK_TYPES = frozenset(
+    {"push_delivered", "push_opened", "push_dismissed", "push_disabled", "uninstall"}
+)
+INTENT_NAMESPACE = uuid.UUID("6f1d2a8e-3c4b-5d6e-8f90-a1b2c3d4e5f6")
+_OFFSET = re.compile(r"^([+-])(\d\d):(\d\d)$")
+DEFAULT_MAX_BYTES = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """One activity or push-feedback event of one user."""
+
+    event_id: str
+    user_id: str
+    type: str
+    event_time_ms: int
+    tz: str
+    intent_id: str | None = None
+
+    @property
+    def is_feedback(self) -> bool:
+        return self.type in FEEDBACK_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A notification some upstream service would like to send to one user."""
+
+    candidate_id: str
+    user_id: str
+    kind: str
+    content_id: str
+    created_at_ms: int
+    expires_at_ms: int
+    critical: bool = False
+    creator_id: str | None = None
+    tz: str | None = None
+    title: str | None = None
+
+    @property
+    def intent_id(self) -> str:
+        return intent_id_for(self.candidate_id)
+
+
+def intent_id_for(candidate_id: str) -> str:
+    """Deterministic intent id: a replay of the same candidate re-emits the same id.
+
+    >>> intent_id_for("c-1") == intent_id_for("c-1") != intent_id_for("c-2")
+    True
+    """
+    return str(uuid.uuid5(INTENT_NAMESPACE, candidate_id))
+
+
+def schemas_dir() -> Path:
+    """The JSON Schemas: inside the installed package, or beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_schemas", here.parent / "schemas"):
+        if (candidate / "user-event.schema.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no schemas/ beside {here}")
+
+
+@cache
+def validator(name: str) -> Any:
+    """The compiled fastjsonschema validator of ``schemas/<name>.schema.json``."""
+    schema = orjson.loads((schemas_dir() / f"{name}.schema.json").read_bytes())
+    return fastjsonschema.compile(schema)
+
+
+def _load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise NotAnObject(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _validate(name: str, obj: dict[str, Any]) -> None:
+    try:
+        validator(name)(obj)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise SchemaViolation(f"{name}: {exc.message}") from None
+
+
+def _check_key(key: bytes | None, user_id: str) -> None:
+    if key != user_id.encode():
+        shown = None if key is None else key[:64].decode("utf-8", "replace")
+        raise KeyMismatch(f"message key {shown!r} is not the user_id {user_id!r}")
+
+
+def parse_user_event(
+    raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> UserEvent:
+    """Bytes from ``user-events`` -> :class:`UserEvent`, or a ContractError."""
+    obj = _load_object(raw, max_bytes)
+    _validate("user-event", obj)
+    check_time_zone(obj["tz"])
+    _check_key(key, obj["user_id"])
+    return UserEvent(
+        event_id=obj["event_id"],
+        user_id=obj["user_id"],
+        type=obj["type"],
+        event_time_ms=obj["event_time_ms"],
+        tz=obj["tz"],
+        intent_id=obj.get("intent_id"),
+    )
+
+
+def parse_candidate(raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Candidate:
+    """Bytes from ``notification-candidates`` -> :class:`Candidate`, or a ContractError."""
+    obj = _load_object(raw, max_bytes)
+    _validate("notification-candidate", obj)
+    if obj["expires_at_ms"] < obj["created_at_ms"]:
+        raise BadTime("expires_at_ms is before created_at_ms")
+    if obj.get("tz") is not None:
+        check_time_zone(obj["tz"])
+    _check_key(key, obj["user_id"])
+    return Candidate(
+        candidate_id=obj["candidate_id"],
+        user_id=obj["user_id"],
+        kind=obj["kind"],
+        content_id=obj["content_id"],
+        created_at_ms=obj["created_at_ms"],
+        expires_at_ms=obj["expires_at_ms"],
+        critical=bool(obj.get("critical", False)),
+        creator_id=obj.get("creator_id"),
+        tz=obj.get("tz"),
+        title=obj.get("title"),
+    )
+
+
+# --- time zones -------------------------------------------------------------------------
+
+
+@cache
+def zone(tz: str) -> tzinfo:
+    """The tzinfo of an IANA name or a ``+HH:MM`` offset; UnknownTimeZone otherwise.
+
+    >>> zone("+05:30").utcoffset(None)
+    datetime.timedelta(seconds=19800)
+    """
+    if tz in ("Z", "UTC"):
+        return timezone.utc
+    match = _OFFSET.match(tz)
+    if match:
+        sign, hours, minutes = match.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        if offset > timedelta(hours=14) or int(minutes) >= 60:
+            raise UnknownTimeZone(f"UTC offset {tz!r} is out of range")
+        return timezone(-offset if sign == "-" else offset)
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise UnknownTimeZone(f"unknown time zone {tz!r}") from None
+
+
+def check_time_zone(tz: str) -> None:
+    zone(tz)
+
+
+def local_time(at_ms: int, tz: str) -> datetime:
+    """The user's wall-clock time at ``at_ms`` (DST-aware for IANA zones).
+
+    >>> local_time(1767225600000, "Asia/Tokyo").hour  # 2026-01-01T00:00Z
+    9
+    """
+    return datetime.fromtimestamp(at_ms / 1000, tz=zone(tz))
+
+
+# --- outputs ----------------------------------------------------------------------------
+
+
+def encode(message: Any) -> bytes:
+    """A frozen output dataclass (or a dict) -> JSON bytes."""
+    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+        message = dataclasses.asdict(message)
+    return orjson.dumps(message)
+
+
+def dead_letter(
+    *,
+    raw: bytes | None,
+    key: bytes | None,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    error: ContractError,
+    failed_at_ms: int,
+) -> dict[str, Any]:
+    """The dead-letter record for bytes that could not be used; nothing is dropped silently."""
+    raw = raw or b""
+    return {
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": None if key is None else base64.b64encode(key).decode(),
+        "payload_b64": base64.b64encode(raw).decode(),
+        "payload_preview": raw[:1024].decode("utf-8", "replace")[:256],
+        "error_code": error.code,
+        "error": str(error)[:1000],
+        "failed_at_ms": failed_at_ms,
+    }

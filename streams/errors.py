@@ -1,0 +1,90 @@
+"""Every exception pushflow raises on purpose.
+
+::
+
+    PushflowError
+    ├── ConfigError            a setting is missing or out of range
+    ├── ContractError          input bytes are not a valid message (becomes a dead letter)
+    │   ├── PayloadTooLarge
+    │   ├── InvalidJSON
+    │   ├── SchemaViolation
+    │   ├── UnknownTimeZone
+    │   ├── BadTime
+    │   └── KeyMismatch
+    ├── SnapshotError          a model snapshot cannot be used
+    │   └── IncompatibleSnapshot
+    └── BrokerError            the broker cannot be reached or started
+
+Bad input is an expected outcome (a dead letter and a counter), never a crash; anything else
+that raises is a bug and surfaces.
+"""
+
+from __future__ import annotations
+
+
+class PushflowError(Exception):
+    """Root of every exception pushflow raises on purpose."""
+
+
+class ConfigError(PushflowError):
+    """A setting is missing, malformed or out of range."""
+
+
+class ContractError(PushflowError):
+    """Input bytes are not a valid message; ``code`` names the dead-letter error code."""
+
+    code = "schema_violation"
+
+
+class PayloadTooLarge(ContractError):
+    """The raw message is larger than ``max_message_bytes``."""
+
+    code = "too_large"
+
+
+class InvalidJSON(ContractError):
+    """The bytes are not one UTF-8 JSON value."""
+
+    code = "invalid_json"
+
+
+class NotAnObject(ContractError):
+    """The JSON value is not an object."""
+
+    code = "not_an_object"
+
+
+class SchemaViolation(ContractError):
+    """The JSON object breaks its JSON Schema."""
+
+    code = "schema_violation"
+
+
+class UnknownTimeZone(ContractError):
+    """``tz`` is neither a known IANA zone nor a UTC offset."""
+
+    code = "unknown_time_zone"
+
+
+class BadTime(ContractError):
+    """A timestamp is inconsistent (e.g. a candidate that expires before it was created)."""
+
+    code = "bad_time"
+
+
+class KeyMismatch(ContractError):
+    """The message key is not the user id, so the message sits on the wrong partition."""
+
+    code = "key_mismatch"
+
+
+class SnapshotError(PushflowError):
+    """A model snapshot cannot be read."""
+
+
+class IncompatibleSnapshot(SnapshotError):
+    """A snapshot was written by an incompatible version of the model code."""
+
+
+class BrokerError(PushflowError):
+    """The broker cannot be reached or started."""

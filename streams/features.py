@@ -1,0 +1,216 @@
+"""Per-user state on event time, and the features the model scores.
+
+One :class:`UserState` record per user holds everything the decision needs: windowed activity
+counts, recency, activity and open profiles by local hour, and push history. It is updated by
+:func:`observe_activity` and read by :func:`model_features`; it never looks at a wall clock.
+
+Windows are bucketed on event time, so they are exact for out-of-order input within the
+retention: the 1h window counts 5-minute buckets ``(b(now) - 12, b(now)]``, the 24h window hour
+buckets ``(h(now) - 24, h(now)]`` and the 7d window day buckets ``(d(now) - 7, d(now)]``.
+
+>>> s = UserState("u1")
+>>> for t in (0, 60_000, 7_200_000):
+...     observe_activity(s, t, "UTC")
+>>> window_counts(s, 7_200_000)
+(1, 3, 3)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.contracts import Candidate, local_time
+
+MS_5MIN = 300_000
+MS_HOUR = 3_600_000
+MS_DAY = 86_400_000
+WINDOWS = (("1h", MS_5MIN, 12), ("24h", MS_HOUR, 24), ("7d", MS_DAY, 7))
+OPEN_PRIOR = (1.0, 9.0)  # Beta prior on open rate: a 10% mean worth 10 pushes
+PROFILE_LIMIT = 2000.0  # halve an hour-of-day profile beyond this total so it keeps adapting
+RECENT_SENDS_LIMIT = 64
+
+
+@dataclass(slots=True)
+class PendingLabel:
+    """A sent push waiting for its outcome, with the exact inputs that scored it."""
+
+    intent_id: str
+    candidate_id: str
+    kind: str
+    decided_at_ms: int
+    deadline_ms: int
+    p_open: float | None
+    p_disable: float | None
+    model_version: int
+    features: dict[str, float]
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything pushflow knows about one user; one record, one changelog entry per write."""
+
+    user_id: str
+    tz: str = "UTC"
+    partition: int = -1
+    watermark_ms: int = 0
+    last_active_ms: int | None = None
+    buckets: dict[str, dict[int, int]] = field(
+        default_factory=lambda: {"1h": {}, "24h": {}, "7d": {}}
+    )
+    activity_by_hour: list[float] = field(default_factory=lambda: [0.0] * 24)
+    opens_by_hour: list[float] = field(default_factory=lambda: [0.0] * 24)
+    sent: int = 0
+    opened: int = 0
+    dismissed: int = 0
+    disabled: bool = False
+    kind_sent: dict[str, int] = field(default_factory=dict)
+    kind_opened: dict[str, int] = field(default_factory=dict)
+    recent_sends_ms: list[int] = field(default_factory=list)
+    last_send_ms: int | None = None
+    recent_content: dict[str, int] = field(default_factory=dict)
+    decided: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, PendingLabel] = field(default_factory=dict)
+    outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def advance(self, at_ms: int) -> None:
+        """Move this user's event-time watermark; older input still lands in its bucket."""
+        if at_ms > self.watermark_ms:
+            self.watermark_ms = at_ms
+            self._prune()
+
+    def _prune(self) -> None:
+        for name, width, count in WINDOWS:
+            oldest = self.watermark_ms // width - count
+            window = self.buckets[name]
+            for bucket in [b for b in window if b <= oldest]:
+                del window[bucket]
+        day_ago = self.watermark_ms - MS_DAY
+        self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
+        self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
+        self.decided = {c: exp for c, exp in self.decided.items() if exp >= self.watermark_ms}
+
+
+def observe_activity(state: UserState, at_ms: int, tz: str) -> None:
+    """Count one activity event at event time ``at_ms`` in the user's windows and profile."""
+    state.tz = tz
+    state.advance(at_ms)
+    for name, width, count in WINDOWS:
+        bucket = at_ms // width
+        if bucket > state.watermark_ms // width - count:
+            window = state.buckets[name]
+            window[bucket] = window.get(bucket, 0) + 1
+    if state.last_active_ms is None or at_ms > state.last_active_ms:
+        state.last_active_ms = at_ms
+    _bump(state.activity_by_hour, local_time(at_ms, tz).hour)
+
+
+def _bump(profile: list[float], hour: int) -> None:
+    profile[hour] += 1.0
+    if sum(profile) > PROFILE_LIMIT:
+        profile[:] = [v / 2 for v in profile]
+
+
+def window_counts(state: UserState, now_ms: int) -> tuple[int, int, int]:
+    """Activity counts in the (1h, 24h, 7d) windows ending at ``now_ms``."""
+    counts = []
+    for name, width, count in WINDOWS:
+        newest = now_ms // width
+        window = state.buckets[name]
+        counts.append(sum(n for b, n in window.items() if newest - count < b <= newest))
+    return counts[0], counts[1], counts[2]
+
+
+def record_send(state: UserState, at_ms: int, candidate: Candidate) -> None:
+    """Push history after an intent for ``candidate`` goes out at ``at_ms``."""
+    state.sent += 1
+    state.kind_sent[candidate.kind] = state.kind_sent.get(candidate.kind, 0) + 1
+    state.recent_sends_ms = [*state.recent_sends_ms, at_ms][-RECENT_SENDS_LIMIT:]
+    state.last_send_ms = at_ms if state.last_send_ms is None else max(state.last_send_ms, at_ms)
+    state.recent_content[candidate.content_id] = at_ms
+
+
+def record_open(state: UserState, label: PendingLabel, at_ms: int) -> None:
+    state.opened += 1
+    state.kind_opened[label.kind] = state.kind_opened.get(label.kind, 0) + 1
+    _bump(state.opens_by_hour, local_time(at_ms, state.tz).hour)
+
+
+def sends_in_last_day(state: UserState, now_ms: int) -> int:
+    return sum(1 for t in state.recent_sends_ms if now_ms - MS_DAY < t <= now_ms)
+
+
+def smoothed_rate(hits: float, trials: float, prior: tuple[float, float] = OPEN_PRIOR) -> float:
+    """Posterior mean of a Beta-Binomial rate.
+
+    >>> smoothed_rate(0, 0)
+    0.1
+    >>> round(smoothed_rate(9, 10), 3)
+    0.5
+    """
+    a, b = prior
+    return (hits + a) / (trials + a + b)
+
+
+def hour_affinity(profile: list[float], hour: int) -> float:
+    """log of this hour's share of the profile relative to a uniform day (0 = average)."""
+    total = sum(profile)
+    return math.log((profile[hour] + 1.0) / (total + 24.0) * 24.0)
+
+
+def _log_hours_since(then_ms: int | None, now_ms: int, never_h: float = 24 * 30) -> float:
+    hours = never_h if then_ms is None else max(0.0, (now_ms - then_ms) / MS_HOUR)
+    return math.log1p(hours)
+
+
+def model_features(state: UserState, candidate: Candidate, now_ms: int) -> dict[str, float]:
+    """The model's input for ``candidate`` at event time ``now_ms``; a fresh dict each call."""
+    hour = local_time(now_ms, state.tz).hour
+    act_1h, act_24h, act_7d = window_counts(state, now_ms)
+    user_rate = smoothed_rate(state.opened, state.sent)
+    kind_prior = (user_rate * 5.0, (1.0 - user_rate) * 5.0)
+    kind_rate = smoothed_rate(
+        state.kind_opened.get(candidate.kind, 0), state.kind_sent.get(candidate.kind, 0), kind_prior
+    )
+    return {
+        "act_1h": math.log1p(act_1h),
+        "act_24h": math.log1p(act_24h),
+        "act_7d": math.log1p(act_7d),
+        "hours_since_active": _log_hours_since(state.last_active_ms, now_ms),
+        "hour_activity": hour_affinity(state.activity_by_hour, hour),
+        "hour_opens": hour_affinity(state.opens_by_hour, hour),
+        "open_rate": math.log(user_rate / (1.0 - user_rate)),
+        "kind_open_rate": math.log(kind_rate / (1.0 - kind_rate)),
+        "dismiss_rate": smoothed_rate(state.dismissed, state.sent, (1.0, 4.0)),
+        "sends_24h": float(sends_in_last_day(state, now_ms)),
+        "hours_since_send": _log_hours_since(state.last_send_ms, now_ms),
+        "candidate_age_h": math.log1p(max(0, now_ms - candidate.created_at_ms) / MS_HOUR),
+        f"kind={candidate.kind}": 1.0,
+    }
+
+
+# --- one changelog record per user ------------------------------------------------------
+
+
+def state_to_bytes(state: UserState) -> bytes:
+    """Serialize for the changelog (orjson; int bucket keys become strings)."""
+    return orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS)
+
+
+def state_from_bytes(raw: bytes) -> UserState:
+    """Inverse of :func:`state_to_bytes`.
+
+    >>> s = UserState("u1")
+    >>> observe_activity(s, 1_000, "UTC")
+    >>> state_from_bytes(state_to_bytes(s)) == s
+    True
+    """
+    obj = orjson.loads(raw)
+    obj["buckets"] = {
+        name: {int(b): n for b, n in window.items()} for name, window in obj["buckets"].items()
+    }
+    obj["pending"] = {k: PendingLabel(**v) for k, v in obj["pending"].items()}
+    return UserState(**obj)

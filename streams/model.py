@@ -1,0 +1,122 @@
+"""The online model: p_open and p_disable from River pipelines, versioned and snapshotted.
+
+``score`` happens at decision time and ``learn`` only when the label resolves, with the exact
+features that were scored (kept under the intent id), so nothing the model learns from leaks
+into the score it is judged on.
+
+>>> m = PushModel(seed=7)
+>>> x = {"act_24h": 1.0, "kind=trending": 1.0}
+>>> m.p_open(x), m.version
+(0.5, 0)
+>>> for _ in range(20):
+...     m.learn(x, opened=False, disabled=False)
+>>> m.p_open(x) < 0.5, m.version
+(True, 20)
+>>> PushModel.from_snapshot(m.to_snapshot()).p_open(x) == m.p_open(x)
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Mapping
+
+import orjson
+from river import __version__ as river_version
+from river import compose, linear_model, optim, preprocessing
+
+from streams.errors import IncompatibleSnapshot, SnapshotError
+
+# Bump when the model's structure or feature meaning changes: old snapshots are then refused.
+MODEL_FORMAT = 1
+SNAPSHOT_MAGIC = b"PUSHFLOW-MODEL\n"
+
+
+def _logistic(learning_rate: float, l2: float) -> compose.Pipeline:
+    return compose.Pipeline(
+        preprocessing.StandardScaler(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2),
+    )
+
+
+class PushModel:
+    """Two scaled logistic regressions learned online: p_open and p_disable.
+
+    Parameters
+    ----------
+    learning_rate
+        SGD step of both regressions.
+    l2
+        L2 penalty of both regressions.
+    seed
+        Kept for reproducibility of any stochastic part; the pipelines are deterministic.
+    """
+
+    def __init__(self, learning_rate: float = 0.05, l2: float = 0.0, seed: int = 42) -> None:
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.seed = seed
+        self.version = 0
+        self._open = _logistic(learning_rate, l2)
+        self._disable = _logistic(learning_rate, l2)
+
+    def p_open(self, features: Mapping[str, float]) -> float:
+        return float(self._open.predict_proba_one(dict(features)).get(True, 0.0))
+
+    def p_disable(self, features: Mapping[str, float]) -> float:
+        return float(self._disable.predict_proba_one(dict(features)).get(True, 0.0))
+
+    def learn(self, features: Mapping[str, float], *, opened: bool, disabled: bool) -> None:
+        """One labeled example; the version counts examples learned, so it is deterministic."""
+        self._open.learn_one(dict(features), opened)
+        self._disable.learn_one(dict(features), disabled)
+        self.version += 1
+
+    def clone(self) -> PushModel:
+        return copy.deepcopy(self)
+
+    def to_snapshot(self) -> bytes:
+        """Header (JSON, checked before anything is unpickled) + pickled pipelines."""
+        header = {
+            "format": MODEL_FORMAT,
+            "river": _minor(river_version),
+            "version": self.version,
+            "learning_rate": self.learning_rate,
+            "l2": self.l2,
+        }
+        body = pickle.dumps((self._open, self._disable), protocol=pickle.HIGHEST_PROTOCOL)
+        return SNAPSHOT_MAGIC + orjson.dumps(header) + b"\n" + body
+
+    @classmethod
+    def from_snapshot(cls, raw: bytes) -> PushModel:
+        """Rebuild a model; refuse snapshots from another model format or River release."""
+        header = snapshot_header(raw)
+        if header.get("format") != MODEL_FORMAT or header.get("river") != _minor(river_version):
+            raise IncompatibleSnapshot(
+                f"snapshot format {header.get('format')} / river {header.get('river')} "
+                f"cannot be loaded by format {MODEL_FORMAT} / river {_minor(river_version)}"
+            )
+        model = cls(header["learning_rate"], header["l2"])
+        body = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[1]
+        model._open, model._disable = pickle.loads(body)
+        model.version = int(header["version"])
+        return model
+
+
+def snapshot_header(raw: bytes) -> dict[str, object]:
+    """The JSON header of a snapshot, without unpickling anything."""
+    if not raw.startswith(SNAPSHOT_MAGIC):
+        raise SnapshotError("not a pushflow model snapshot (bad magic)")
+    try:
+        line = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[0]
+        header = orjson.loads(line)
+    except (orjson.JSONDecodeError, IndexError) as exc:
+        raise SnapshotError(f"unreadable snapshot header: {exc}") from None
+    if not isinstance(header, dict):
+        raise SnapshotError("snapshot header is not an object")
+    return header
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])

@@ -1,0 +1,189 @@
+"""One frozen ``Settings`` object, built once from the environment and CLI flags.
+
+Every field ``name`` is read from the environment variable ``PUSHFLOW_<NAME>``; CLI flags
+override the environment. The pure core receives the values it needs as arguments, never the
+environment.
+
+>>> s = Settings.from_env({"PUSHFLOW_THRESHOLD": "0.2", "PUSHFLOW_PARTITIONS": "4"})
+>>> s.threshold, s.partitions, s.broker
+(0.2, 4, None)
+>>> Settings.from_env({}, sasl_password="hunter2")
+Settings(...sasl_password=Secret('**********')...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "PUSHFLOW_"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, logs or metrics.
+
+    >>> Secret("hunter2")
+    Secret('**********')
+    >>> Secret("hunter2").get()
+    'hunter2'
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, repr=True)
+class Settings:
+    """Configuration of one pushflow process. See ``docs/configuration.md`` for meanings."""
+
+    # --- broker and topics
+    broker: str | None = None  # kafka://host:port[,host:port]; None = embedded broker
+    app_id: str = "pushflow"
+    partitions: int = 8
+    replication: int = 1
+    topic_prefix: str = ""
+    user_events_topic: str = "user-events"
+    candidates_topic: str = "notification-candidates"
+    intents_topic: str = "notification-intents"
+    decisions_topic: str = "notification-decisions"
+    dead_letters_topic: str = "dead-letters"
+    training_topic: str = "training-examples"
+    snapshots_topic: str = "model-snapshots"
+    session_timeout_s: float = 10.0
+    # --- security (passed through to both Kafka clients)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: str | None = None
+    # --- input limits
+    max_message_bytes: int = 65536
+    late_tolerance_s: int = 7 * 24 * 3600
+    # --- model and learning
+    threshold: float = 0.08
+    attribution_window_s: int = 3600
+    learning_rate: float = 0.05
+    seed: int = 42
+    snapshot_every: int = 200
+    snapshot_interval_s: float = 30.0
+    # --- policy
+    daily_cap: int = 5
+    min_gap_s: int = 4 * 3600
+    quiet_start_hour: int = 22
+    quiet_end_hour: int = 8
+    holdout_share: float = 0.05
+    explore_share: float = 0.05
+    disable_weight: float = 1.0
+    # --- state lifetime
+    user_ttl_s: int = 30 * 24 * 3600
+    # --- process
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: str = "/var/lib/pushflow"
+    log_format: str = "text"
+    log_level: str = "info"
+    tick_interval_s: float = 5.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check_range("threshold", 0.0, 1.0)
+        self._check_range("holdout_share", 0.0, 1.0)
+        self._check_range("explore_share", 0.0, 1.0)
+        self._check_range("partitions", 1, 100_000)
+        self._check_range("quiet_start_hour", 0, 23)
+        self._check_range("quiet_end_hour", 0, 23)
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
+        if self.broker is not None and not self.broker.startswith("kafka://"):
+            raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
+
+    def _check_range(self, name: str, low: float, high: float) -> None:
+        value = getattr(self, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be within [{low}, {high}], not {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build from ``PUSHFLOW_*`` variables; keyword overrides (CLI flags) win."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and f.name != "extra":
+                values[f.name] = _convert(f.name, f.type, raw)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = _convert(name, _field_type(name), value)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """Full topic name of the logical topic field ``name`` (e.g. ``"intents_topic"``)."""
+        return self.topic_prefix + getattr(self, name)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.broker is None:
+            raise ConfigError("no broker configured")
+        return self.broker.removeprefix("kafka://")
+
+    def confluent_config(self) -> dict[str, str]:
+        """Client configuration for confluent-kafka, security included."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        config["security.protocol"] = self.security_protocol
+        if "SASL" in self.security_protocol:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username or ""
+            config["sasl.password"] = self.sasl_password.get() if self.sasl_password else ""
+        if self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        return config
+
+
+def _field_type(name: str) -> str:
+    for f in fields(Settings):
+        if f.name == name:
+            return str(f.type)
+    raise ConfigError(f"unknown setting {name!r}")
+
+
+def _convert(name: str, type_name: Any, raw: Any) -> Any:
+    type_name = str(type_name)
+    if not isinstance(raw, str):
+        return Secret(raw) if "Secret" in type_name and isinstance(raw, str) else raw
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    if "Secret" in type_name:
+        return Secret(raw)
+    return raw
