@@ -23,6 +23,8 @@ from types import MappingProxyType
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from streams.errors import BrokerError
+
 __all__ = [
     "BrokerUnavailableError",
     "TopicSetupError",
@@ -54,11 +56,11 @@ _FATAL_CREATE_ERRORS = frozenset(
 )
 
 
-class BrokerUnavailableError(TimeoutError):
+class BrokerUnavailableError(BrokerError, TimeoutError):
     """No successful metadata request to the broker before the deadline."""
 
 
-class TopicSetupError(RuntimeError):
+class TopicSetupError(BrokerError):
     """Topics could not be created or verified as requested."""
 
 
@@ -121,7 +123,7 @@ def make_admin_client(
         A client whose reconnect back-off is capped at 500 ms instead of librdkafka's
         10 s, so waiting for a broker that is just starting does not overshoot.
     """
-    config: dict[str, str] = {
+    config: dict[str, str | int | float | bool] = {
         "reconnect.backoff.ms": "50",
         "reconnect.backoff.max.ms": "500",
     }

@@ -10,7 +10,8 @@
     │   ├── SchemaViolation
     │   ├── UnknownTimeZone
     │   ├── BadTime
-    │   └── KeyMismatch
+    │   ├── KeyMismatch
+    │   └── ProcessingError    a bug met while processing one valid message
     ├── SnapshotError          a model snapshot cannot be used
     │   └── IncompatibleSnapshot
     └── BrokerError            the broker cannot be reached or started
@@ -76,6 +77,13 @@ class KeyMismatch(ContractError):
     """The message key is not the user id, so the message sits on the wrong partition."""
 
     code = "key_mismatch"
+
+
+class ProcessingError(ContractError):
+    """Processing one message raised unexpectedly: a bug, logged with its traceback and
+    dead-lettered so the partition keeps moving."""
+
+    code = "processing_error"
 
 
 class SnapshotError(PushflowError):

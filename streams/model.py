@@ -6,11 +6,11 @@ into the score it is judged on.
 
 >>> m = PushModel(seed=7)
 >>> x = {"act_24h": 1.0, "kind=trending": 1.0}
->>> m.p_open(x), m.version
-(0.5, 0)
+>>> round(m.p_open(x), 3), round(m.p_disable(x), 3), m.version
+(0.1, 0.01, 0)
 >>> for _ in range(20):
 ...     m.learn(x, opened=False, disabled=False)
->>> m.p_open(x) < 0.5, m.version
+>>> m.p_open(x) < 0.1, m.version
 (True, 20)
 >>> PushModel.from_snapshot(m.to_snapshot()).p_open(x) == m.p_open(x)
 True
@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from collections.abc import Mapping
 
@@ -33,11 +34,12 @@ MODEL_FORMAT = 1
 SNAPSHOT_MAGIC = b"PUSHFLOW-MODEL\n"
 
 
-def _logistic(learning_rate: float, l2: float) -> compose.Pipeline:
-    return compose.Pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2),
+def _logistic(learning_rate: float, l2: float, prior: float) -> compose.Pipeline:
+    """Scaled logistic regression whose intercept starts at the prior's log-odds."""
+    regression = linear_model.LogisticRegression(
+        optimizer=optim.SGD(learning_rate), l2=l2, intercept_init=math.log(prior / (1 - prior))
     )
+    return compose.Pipeline(preprocessing.StandardScaler(), regression)
 
 
 class PushModel:
@@ -49,17 +51,29 @@ class PushModel:
         SGD step of both regressions.
     l2
         L2 penalty of both regressions.
+    open_prior, disable_prior
+        What a cold model predicts before it has learned anything: a plausible base rate, so
+        the first pushes go out (and teach the model) without a wild guess of 0.5.
     seed
         Kept for reproducibility of any stochastic part; the pipelines are deterministic.
     """
 
-    def __init__(self, learning_rate: float = 0.05, l2: float = 0.0, seed: int = 42) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        open_prior: float = 0.1,
+        disable_prior: float = 0.01,
+        seed: int = 42,
+    ) -> None:
         self.learning_rate = learning_rate
         self.l2 = l2
+        self.open_prior = open_prior
+        self.disable_prior = disable_prior
         self.seed = seed
         self.version = 0
-        self._open = _logistic(learning_rate, l2)
-        self._disable = _logistic(learning_rate, l2)
+        self._open = _logistic(learning_rate, l2, open_prior)
+        self._disable = _logistic(learning_rate, l2, disable_prior)
 
     def p_open(self, features: Mapping[str, float]) -> float:
         return float(self._open.predict_proba_one(dict(features)).get(True, 0.0))
@@ -84,6 +98,8 @@ class PushModel:
             "version": self.version,
             "learning_rate": self.learning_rate,
             "l2": self.l2,
+            "open_prior": self.open_prior,
+            "disable_prior": self.disable_prior,
         }
         body = pickle.dumps((self._open, self._disable), protocol=pickle.HIGHEST_PROTOCOL)
         return SNAPSHOT_MAGIC + orjson.dumps(header) + b"\n" + body
@@ -97,7 +113,12 @@ class PushModel:
                 f"snapshot format {header.get('format')} / river {header.get('river')} "
                 f"cannot be loaded by format {MODEL_FORMAT} / river {_minor(river_version)}"
             )
-        model = cls(header["learning_rate"], header["l2"])
+        model = cls(
+            float(header["learning_rate"]),  # type: ignore[arg-type]
+            float(header["l2"]),  # type: ignore[arg-type]
+            float(header["open_prior"]),  # type: ignore[arg-type]
+            float(header["disable_prior"]),  # type: ignore[arg-type]
+        )
         body = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[1]
         model._open, model._disable = pickle.loads(body)
         model.version = int(header["version"])

@@ -3,9 +3,9 @@
 Checks run in a fixed order and the first that applies gives the reason, so "why did user U
 not get candidate C" is answered by one decision record:
 
-expired -> duplicate -> critical -> user_disabled -> duplicate content -> guardrails
-(capped, min_gap, quiet_hours) -> holdout baseline -> threshold (above_threshold,
-explore, below_threshold).
+expired -> duplicate -> critical -> user_disabled -> duplicate content -> capped ->
+min_gap -> holdout baseline or threshold (above_threshold, explore, below_threshold) ->
+quiet_hours (a send in quiet hours is held until they end, or suppressed if it would expire).
 
 >>> from streams.contracts import Candidate
 >>> from streams.features import UserState
@@ -20,7 +20,7 @@ explore, below_threshold).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from streams.contracts import Candidate, local_time
@@ -137,13 +137,15 @@ def decide(
     if early is not None:
         return early
     stop = guardrail(state, now_ms, config)
-    if stop == "quiet_hours":
-        return _hold_for_quiet_hours(state, candidate, now_ms, holdout, config)
-    if stop is not None:
+    if stop in ("capped", "min_gap"):
         return _decision(SUPPRESS, stop, None, config, holdout=holdout)
     if holdout:
-        return _decision(SEND, "holdout_send", None, config, holdout=True, send_at=now_ms)
-    return _by_score(scores, candidate, now_ms, config)
+        wanted = _decision(SEND, "holdout_send", None, config, holdout=True, send_at=now_ms)
+    else:
+        wanted = _by_score(scores, candidate, now_ms, config)
+    if wanted.action == SEND and stop == "quiet_hours":
+        return _hold_for_quiet_hours(wanted, state, candidate, now_ms, config)
+    return wanted
 
 
 def _hard_stop(
@@ -164,12 +166,13 @@ def _hard_stop(
 
 
 def _hold_for_quiet_hours(
-    state: UserState, candidate: Candidate, now_ms: int, holdout: bool, config: PolicyConfig
+    wanted: Decision, state: UserState, candidate: Candidate, now_ms: int, config: PolicyConfig
 ) -> Decision:
+    """A send that falls in quiet hours waits for their end, unless it expires first."""
     send_at = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
     if send_at > candidate.expires_at_ms:
-        return _decision(SUPPRESS, "quiet_hours", None, config, holdout=holdout)
-    return _decision(HOLD, "quiet_hours", None, config, holdout=holdout, send_at=send_at)
+        return replace(wanted, action=SUPPRESS, reason="quiet_hours", send_at_ms=None)
+    return replace(wanted, action=HOLD, reason="quiet_hours", send_at_ms=send_at)
 
 
 def _by_score(

@@ -1,0 +1,379 @@
+"""The Faust wiring: a worker built by a factory from one Settings object.
+
+Agents are thin loops around the pure core: ``decide`` reads one user's state record, calls
+:class:`~streams.pipeline.Decider`, writes the record back and sends what it produced;
+``train`` learns from resolved labels and publishes model snapshots. A timer moves event time
+forward per partition so labels expire and held pushes are released even for silent users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+from faust.types import EventT
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from streams.contracts import (
+    ContractError,
+    dead_letter,
+    encode,
+    parse_candidate,
+    parse_user_event,
+)
+from streams.errors import ProcessingError
+from streams.evaluation import Prequential
+from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.metrics import Metrics
+from streams.model import PushModel
+from streams.pipeline import Decider, DeciderConfig, StepOutput
+from streams.policy import PolicyConfig
+from streams.settings import Settings
+from streams.snapshots import ModelHolder
+
+log = logging.getLogger(__name__)
+STATE_CODEC = "pushflow-user-state"
+
+
+class _StateCodec(codecs.Codec):
+    def _dumps(self, obj: Any) -> bytes:
+        return state_to_bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return state_from_bytes(s)
+
+
+codecs.register(STATE_CODEC, _StateCodec())
+
+
+def decider_config(settings: Settings) -> DeciderConfig:
+    """The pure core's configuration, taken from Settings once."""
+    policy = PolicyConfig(
+        threshold=settings.threshold,
+        daily_cap=settings.daily_cap,
+        min_gap_ms=settings.min_gap_s * 1000,
+        quiet_start_hour=settings.quiet_start_hour,
+        quiet_end_hour=settings.quiet_end_hour,
+        holdout_share=settings.holdout_share,
+        explore_share=settings.explore_share,
+        disable_weight=settings.disable_weight,
+        seed=settings.seed,
+    )
+    return DeciderConfig(
+        policy=policy,
+        attribution_window_ms=settings.attribution_window_s * 1000,
+        late_tolerance_ms=settings.late_tolerance_s * 1000,
+    )
+
+
+def fresh_model(settings: Settings) -> PushModel:
+    return PushModel(learning_rate=settings.learning_rate, seed=settings.seed)
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """SASL / TLS settings passed through to aiokafka; None for PLAINTEXT."""
+    protocol = settings.security_protocol.upper()
+    ssl_context = None
+    if "SSL" in protocol:
+        ssl_context = faust.ssl.create_default_context(cafile=settings.ssl_cafile)
+    if "SASL" in protocol:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get() if settings.sasl_password else None,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    return None if ssl_context is None else faust.SSLCredentials(ssl_context)
+
+
+class PushflowWorker:
+    """One worker process: the Faust app, its topics, table, agents, metrics and model."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.models = ModelHolder(fresh_model(settings))
+        self.trainer: PushModel | None = None
+        self.last_published = -1
+        self.prequential = Prequential()
+        self.decider = Decider(lambda: self.models.serving, decider_config(settings))
+        # Event time per partition (newest input seen); derived, rebuilt from traffic.
+        self.watermarks: dict[int, int] = {}
+        self.due: dict[int, set[bytes]] = defaultdict(set)
+        self.app = self._build_app()
+        self._wire()
+
+    # --- construction ---------------------------------------------------------------------
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        brokers = [f"kafka://{h}" for h in s.bootstrap_servers.split(",")]
+        return faust.App(
+            s.app_id,
+            broker=brokers,
+            broker_credentials=faust_credentials(s),
+            store="memory://",
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
+            consumer_auto_offset_reset="earliest",
+            web_enabled=True,
+            web_port=s.web_port,
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            datadir=s.data_dir,
+            autodiscover=False,
+            producer_acks=-1,
+            producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
+        )
+
+    def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:
+        return self.app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
+
+    def _wire(self) -> None:
+        s = self.settings
+        self.inputs = self._raw_topic(s.topic("user_events_topic"), s.topic("candidates_topic"))
+        self.intents = self._raw_topic(s.topic("intents_topic"))
+        self.decisions = self._raw_topic(s.topic("decisions_topic"))
+        self.dead_letters = self._raw_topic(s.topic("dead_letters_topic"))
+        self.training = self._raw_topic(s.topic("training_topic"), partitions=1)
+        self.snapshots = self._raw_topic(s.topic("snapshots_topic"), partitions=1)
+        self.table = self.app.Table(
+            "user-state",
+            partitions=s.partitions,
+            schema=faust.Schema(
+                key_type=bytes, key_serializer="raw", value_serializer=STATE_CODEC
+            ),
+        )
+        self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
+        self.app.agent(self.training, name="pushflow.train")(self._train_agent)
+        self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)
+        self.app.timer(s.snapshot_interval_s, name="pushflow.snapshot")(self._snapshot_timer)
+        self.app.timer(5.0, name="pushflow.gauges")(self._update_gauges)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self._add_pages()
+
+    def _add_pages(self) -> None:
+        registry, worker = self.registry, self
+
+        async def metrics(web: Any, request: Any) -> Any:
+            body = generate_latest(registry)
+            return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def health(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
+
+        async def ready(web: Any, request: Any) -> Any:
+            ok = worker.is_ready()
+            return web.json({"ready": ok}, status=200 if ok else 503)
+
+        self.app.page("/metrics", name="pushflow-metrics")(metrics)
+        self.app.page("/healthz", name="pushflow-health")(health)
+        self.app.page("/readyz", name="pushflow-ready")(ready)
+
+    def is_ready(self) -> bool:
+        app = self.app
+        recovered = app.tables.recovery.completed.is_set()
+        ready = bool(recovered and not app.rebalancing and app.consumer.assignment())
+        self.metrics.ready.set(1 if ready else 0)
+        return ready
+
+    # --- the decision agent ---------------------------------------------------------------
+
+    async def _decide_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await self.handle(event)
+            yield None
+
+    async def handle(self, event: EventT) -> None:
+        """One input message: parse, step the user's state, write it, send the outputs."""
+        started = time.monotonic()
+        message = event.message
+        topic = message.topic
+        try:
+            parsed = self._parse(topic, event.key, event.value)
+        except ContractError as exc:
+            await self._dead_letter(event, exc)
+            return
+        key = event.key
+        state = self.table.get(key) or UserState(parsed.user_id)
+        state.partition = message.partition
+        try:
+            if topic == self.settings.topic("candidates_topic"):
+                out = self.decider.on_candidate(state, parsed)
+            else:
+                out = self.decider.on_event(state, parsed)
+        except Exception as exc:  # a bug: surface it loudly, keep the partition moving
+            log.exception("processing failed for %s[%d]@%d", topic, message.partition, message.offset)
+            await self._dead_letter(event, ProcessingError(f"{type(exc).__name__}: {exc}"))
+            return
+        self.table[key] = state
+        self._track(message.partition, key, state)
+        await self._emit(key, out)
+        self._count_input(topic, out)
+        if topic == self.settings.topic("candidates_topic"):
+            self._observe_decision(parsed, out, started)
+
+    def _parse(self, topic: str, key: bytes | None, raw: bytes | None) -> Any:
+        limit = self.settings.max_message_bytes
+        if topic == self.settings.topic("candidates_topic"):
+            return parse_candidate(raw or b"", key, limit)
+        return parse_user_event(raw or b"", key, limit)
+
+    def _track(self, partition: int, key: bytes, state: UserState) -> None:
+        self.watermarks[partition] = max(self.watermarks.get(partition, 0), state.watermark_ms)
+        if state.pending or state.outbox:
+            self.due[partition].add(key)
+        else:
+            self.due[partition].discard(key)
+
+    async def _emit(self, key: bytes, out: StepOutput) -> None:
+        for decision in out.decisions:
+            await self.decisions.send(key=key, value=encode(decision))
+            self.metrics.decisions.labels(action=decision["action"], reason=decision["reason"]).inc()
+        for intent in out.intents:
+            await self.intents.send(key=key, value=encode(intent))
+            self.metrics.intents.labels(explore=str(intent["explore"]).lower()).inc()
+        for example in out.examples:
+            await self.training.send(key=key, value=encode(example))
+            self.metrics.labeled.labels(outcome=example.outcome).inc()
+
+    async def _dead_letter(self, event: EventT, error: ContractError) -> None:
+        message = event.message
+        record = dead_letter(
+            raw=message.value,
+            key=message.key,
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            error=error,
+            failed_at_ms=int(time.time() * 1000),
+        )
+        await self.dead_letters.send(key=message.key, value=encode(record))
+        self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
+        self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
+        log.warning(
+            "dead letter %s[%d]@%d %s: %s",
+            message.topic, message.partition, message.offset, error.code, str(error)[:200],
+        )
+
+    def _count_input(self, topic: str, out: StepOutput) -> None:
+        outcome = "ignored" if out.ignored else "processed"
+        self.metrics.input_messages.labels(topic=topic, outcome=outcome).inc()
+        if out.ignored:
+            self.metrics.ignored.labels(topic=topic, reason=out.ignored).inc()
+
+    def _observe_decision(self, candidate: Any, out: StepOutput, started: float) -> None:
+        for decision in out.decisions:
+            if decision["candidate_id"] == candidate.candidate_id:
+                lag_s = (decision["decided_at_ms"] - candidate.created_at_ms) / 1000
+                self.metrics.decision_latency.labels(clock="event").observe(max(0.0, lag_s))
+                if decision["p_open"] is not None:
+                    self.metrics.p_open.observe(decision["p_open"])
+        elapsed = time.monotonic() - started
+        self.metrics.decision_latency.labels(clock="processing").observe(elapsed)
+
+    # --- event-time ticks -----------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Expire labels and release held pushes on every active partition's event time."""
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != self.settings.topic("user_events_topic"):
+                continue
+            now = self.watermarks.get(tp.partition)
+            if now is not None:
+                await self._tick_partition(tp.partition, now)
+
+    async def _tick_partition(self, partition: int, now_ms: int) -> None:
+        for key in list(self.due[partition]):
+            state = self.table.data.get(key)
+            if state is None or state.partition != partition:
+                self.due[partition].discard(key)
+                continue
+            out = self.decider.on_tick(state, now_ms)
+            if out.decisions or out.examples or out.intents:
+                self.table.data[key] = state
+                self.table.send_changelog(partition, key, state)
+                self._track(partition, key, state)
+                await self._emit(key, out)
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Rebuild the due index from recovered state; take over training if ours now."""
+        self.due.clear()
+        for key, state in self.table.data.items():
+            if state.pending or state.outbox:
+                self.due[state.partition].add(key)
+        training_tp = {tp for tp in assigned if tp.topic == self.settings.topic("training_topic")}
+        if training_tp and self.trainer is None:
+            self.trainer = self.models.serving.clone()
+            self.last_published = self.trainer.version
+            log.info("training here, starting from model version %d", self.trainer.version)
+        elif not training_tp and self.trainer is not None:
+            self.trainer = None
+            log.info("training moved to another worker")
+
+    # --- training -------------------------------------------------------------------------
+
+    async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        async for raw in stream:
+            self.learn(orjson.loads(raw))
+            if self.trainer is not None:
+                if self.trainer.version - self.last_published >= self.settings.snapshot_every:
+                    await self.publish_snapshot()
+            yield None
+
+    def learn(self, example: dict[str, Any]) -> None:
+        if self.trainer is None:
+            self.trainer = self.models.serving.clone()
+        if example.get("p_open") is not None:
+            self.prequential.update(example["p_open"], example["label"])
+        self.trainer.learn(
+            example["features"], opened=bool(example["label"]), disabled=bool(example["disabled"])
+        )
+        self.metrics.learned.inc()
+
+    async def _snapshot_timer(self) -> None:
+        if self.trainer is not None and self.trainer.version > self.last_published:
+            await self.publish_snapshot()
+
+    async def publish_snapshot(self) -> None:
+        assert self.trainer is not None
+        model = self.trainer.clone()
+        await self.snapshots.send(key=b"model", value=model.to_snapshot())
+        self.last_published = model.version
+        self.models.offer(model, int(time.time() * 1000))
+        self.metrics.model_version.set(model.version)
+        log.info("published model snapshot version %d", model.version)
+
+    # --- gauges ---------------------------------------------------------------------------
+
+    async def _update_gauges(self) -> None:
+        m = self.metrics
+        m.model_version.set(self.models.serving.version)
+        if self.models.published_at_ms is not None:
+            m.snapshot_age.set(time.time() - self.models.published_at_ms / 1000)
+        report = self.prequential.report()
+        m.rolling_auc.set(report["rolling_auc"])
+        m.log_loss.set(report["log_loss"])
+        m.calibration_error.set(report["calibration_error"])
+        m.base_rate.set(report["base_rate"])
+        states = list(self.table.data.values())
+        m.table_keys.labels(table="user-state").set(len(states))
+        m.outbox_size.set(sum(len(s.outbox) for s in states))
+        m.pending_labels.set(sum(len(s.pending) for s in states))
+        self.is_ready()

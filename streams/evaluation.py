@@ -1,0 +1,89 @@
+"""Prequential (test-then-train) evaluation of p_open over a rolling window of labels.
+
+Each labeled example carries the p_open that was used for its decision, before the model
+learned from it, so these figures are honest out-of-sample estimates.
+
+>>> ev = Prequential(window=100)
+>>> for p, y in [(0.9, 1), (0.8, 1), (0.2, 0), (0.1, 0), (0.3, 1), (0.6, 0)]:
+...     ev.update(p, y)
+>>> r = ev.report()
+>>> r["n"], round(r["rolling_auc"], 3), round(r["base_rate"], 3)
+(6, 0.889, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from river import metrics
+
+EPS = 1e-7
+
+
+class Prequential:
+    """Rolling ROC AUC, log loss, calibration (ECE and a reliability table) and base rate.
+
+    Parameters
+    ----------
+    window
+        How many of the newest labeled examples the figures cover.
+    bins
+        Number of equal-width probability bins of the reliability table.
+    """
+
+    def __init__(self, window: int = 1000, bins: int = 10) -> None:
+        self.window = window
+        self.bins = bins
+        self.n = 0
+        self._auc = metrics.RollingROCAUC(window_size=window)
+        self._recent: deque[tuple[float, int]] = deque(maxlen=window)
+
+    def update(self, p_open: float, label: int) -> None:
+        self._auc.update(bool(label), p_open)
+        self._recent.append((p_open, label))
+        self.n += 1
+
+    def log_loss(self) -> float:
+        if not self._recent:
+            return math.nan
+        total = 0.0
+        for p, y in self._recent:
+            p = min(max(p, EPS), 1 - EPS)
+            total -= math.log(p) if y else math.log(1 - p)
+        return total / len(self._recent)
+
+    def reliability(self) -> list[dict[str, float]]:
+        """Per bin: count, mean predicted p, observed open rate."""
+        sums = [[0, 0.0, 0] for _ in range(self.bins)]
+        for p, y in self._recent:
+            cell = sums[min(int(p * self.bins), self.bins - 1)]
+            cell[0] += 1
+            cell[1] += p
+            cell[2] += y
+        return [
+            {"low": i / self.bins, "n": n, "mean_p": s / n, "open_rate": k / n}
+            for i, (n, s, k) in enumerate(sums)
+            if n
+        ]
+
+    def calibration_error(self) -> float:
+        """Expected calibration error: bin-size-weighted |mean p - open rate|."""
+        total = len(self._recent)
+        if not total:
+            return math.nan
+        return sum(b["n"] * abs(b["mean_p"] - b["open_rate"]) for b in self.reliability()) / total
+
+    def report(self) -> dict[str, Any]:
+        labels = [y for _, y in self._recent]
+        both = 0 < sum(labels) < len(labels)
+        return {
+            "n": self.n,
+            "window": len(self._recent),
+            "rolling_auc": self._auc.get() if both else math.nan,
+            "log_loss": self.log_loss(),
+            "calibration_error": self.calibration_error(),
+            "base_rate": sum(labels) / len(labels) if labels else math.nan,
+            "reliability": self.reliability(),
+        }

@@ -1,0 +1,106 @@
+"""Every Prometheus metric of a worker, created against an injected registry.
+
+No user ids or other unbounded values are used as labels. The catalogue is docs/metrics.md.
+
+>>> from prometheus_client import CollectorRegistry
+>>> registry = CollectorRegistry()
+>>> m = Metrics(registry)
+>>> m.decisions.labels(action="send", reason="above_threshold").inc()
+>>> registry.get_sample_value(
+...     "pushflow_decisions_total", {"action": "send", "reason": "above_threshold"})
+1.0
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+P_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
+
+
+class Metrics:
+    """One typed bundle of the worker's metrics (the shape of Faust's Prometheus sensor)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.input_messages = Counter(
+            "pushflow_input_messages", "Input messages by topic and outcome.",
+            ["topic", "outcome"], registry=registry,
+        )
+        self.ignored = Counter(
+            "pushflow_ignored_messages", "Valid inputs that changed nothing, by reason.",
+            ["topic", "reason"], registry=registry,
+        )
+        self.dead_letters = Counter(
+            "pushflow_dead_letters", "Messages sent to the dead-letter topic.",
+            ["topic", "error_code"], registry=registry,
+        )
+        self.decisions = Counter(
+            "pushflow_decisions", "Decisions by action and reason.",
+            ["action", "reason"], registry=registry,
+        )
+        self.intents = Counter(
+            "pushflow_intents_emitted", "Notification intents emitted.",
+            ["explore"], registry=registry,
+        )
+        self.p_open = Histogram(
+            "pushflow_p_open", "Predicted open probability of scored candidates.",
+            buckets=P_BUCKETS, registry=registry,
+        )
+        self.decision_latency = Histogram(
+            "pushflow_decision_latency_seconds",
+            "Candidate to decision: event time (clock=event) and wall time (clock=processing).",
+            ["clock"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.labeled = Counter(
+            "pushflow_labeled_examples", "Resolved labels by outcome.",
+            ["outcome"], registry=registry,
+        )
+        self.learned = Counter(
+            "pushflow_model_examples_learned", "Labeled examples the model learned from.",
+            registry=registry,
+        )
+        self.model_version = Gauge(
+            "pushflow_model_version", "Version of the model used for scoring.", registry=registry
+        )
+        self.rolling_auc = Gauge(
+            "pushflow_model_rolling_auc", "Prequential ROC AUC over the last labeled examples.",
+            registry=registry,
+        )
+        self.log_loss = Gauge(
+            "pushflow_model_log_loss", "Prequential log loss over the last labeled examples.",
+            registry=registry,
+        )
+        self.calibration_error = Gauge(
+            "pushflow_model_calibration_error",
+            "Expected calibration error over the last labeled examples.", registry=registry,
+        )
+        self.base_rate = Gauge(
+            "pushflow_model_base_rate", "Open rate over the last labeled examples.",
+            registry=registry,
+        )
+        self.snapshot_age = Gauge(
+            "pushflow_model_snapshot_age_seconds", "Seconds since the model in use was published.",
+            registry=registry,
+        )
+        self.outbox_size = Gauge(
+            "pushflow_outbox_size", "Pushes held for a later send time.", registry=registry
+        )
+        self.pending_labels = Gauge(
+            "pushflow_pending_labels", "Sent pushes waiting for their outcome.", registry=registry
+        )
+        self.table_keys = Gauge(
+            "pushflow_table_keys", "Keys in local state tables.", ["table"], registry=registry
+        )
+        self.consumer_lag = Gauge(
+            "pushflow_consumer_lag", "Messages behind the high watermark.",
+            ["topic", "partition"], registry=registry,
+        )
+        self.ready = Gauge(
+            "pushflow_ready", "1 when partitions are assigned and recovery is done.",
+            registry=registry,
+        )
+        self.producer_errors = Counter(
+            "pushflow_producer_errors", "Failed sends to output topics.", registry=registry
+        )

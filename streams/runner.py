@@ -1,0 +1,49 @@
+"""Run one worker process: broker (embedded if none is configured), topics, model, Faust."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import faust
+
+from streams.admin import ensure_topics
+from streams.app import PushflowWorker
+from streams.broker import EmbeddedBroker
+from streams.settings import Settings
+from streams.snapshots import SnapshotFollower
+from streams.topics import topic_specs
+
+log = logging.getLogger("pushflow")
+
+
+def run_worker(settings: Settings) -> None:
+    """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
+    with contextlib.ExitStack() as stack:
+        if settings.broker is None:
+            broker = stack.enter_context(EmbeddedBroker())
+            settings = settings.replace(broker=broker.url)
+            log.warning("no broker configured: started an embedded %s broker at %s",
+                        broker.kind, broker.url)
+        ensure_topics(settings.bootstrap_servers, topic_specs(settings),
+                      client_config=settings.confluent_config(), timeout=60)
+        worker = PushflowWorker(settings)
+        follower = SnapshotFollower(
+            settings.confluent_config(), settings.topic("snapshots_topic"), worker.models
+        )
+        follower.catch_up(timeout=30)
+        if worker.models.published_at_ms is None:
+            log.info("cold start: no model snapshot found, starting from a fresh model")
+        else:
+            log.info("warm start from model snapshot version %d", worker.models.serving.version)
+        follower.start()
+        stack.callback(follower.stop)
+        log.info("worker %s starting; metrics on http://%s:%d/metrics",
+                 settings.app_id, settings.web_host, settings.web_port)
+        faust.Worker(
+            worker.app,
+            loglevel=settings.log_level,
+            override_logging=False,
+            quiet=True,
+            redirect_stdouts=False,
+        ).execute_from_commandline()
