@@ -49,13 +49,19 @@ class DemoOptions:
 class WorkerProcess:
     """A ``pushflow worker`` child process with its own log file and metrics port."""
 
-    def __init__(self, settings: Settings, workdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        name: str = "worker",
+    ) -> None:
         self.port = _free_port()
-        self.log_path = workdir / "worker.log"
+        self.log_path = workdir / f"{name}.log"
         command = [
             sys.executable, "-m", "streams", "worker",
             "--broker", str(settings.broker), "--web-port", str(self.port),
-            "--web-host", "127.0.0.1", "--data-dir", str(workdir / "data"),
+            "--web-host", "127.0.0.1", "--data-dir", str(workdir / f"{name}-data"),
         ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -4,7 +4,8 @@ The world (sessions, candidates, creator posts) is drawn from one ``random.Rando
 and never depends on which pushes are delivered, except that messages of users who
 uninstalled are dropped. The outcome of a push is drawn from a generator seeded by
 ``(seed, intent_id)``, so two policies replayed on the same seed share their random numbers.
-Times are simulated event times in epoch ms.
+Times are simulated event times in epoch ms. Each user's hidden truth is a :class:`SimUser`
+plus a push history (fatigue); :meth:`Population.true_p_open` is the oracle of p_open.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ BIAS, W_INTEREST, W_ACTIVITY, W_RESPONSIVENESS, W_FATIGUE = -2.4, 1.0, 2.4, 0.8,
 FATIGUE_TAU_MS = 8 * HOUR_MS
 DISABLE_FATIGUE, DISABLE_ANNOYANCE, MAX_DISABLE_HAZARD = 0.6, 1.5, 0.5
 
+_ZONES, _CUM_ZONES = tuple(ZONE_WEIGHTS), list(itertools.accumulate(ZONE_WEIGHTS.values()))
+_USER_KINDS, _CUM_USER_KINDS = (tuple(USER_KIND_WEIGHTS),
+                                list(itertools.accumulate(USER_KIND_WEIGHTS.values())))
 _ACTIVITY_TYPES = tuple(ACTIVITY_WEIGHTS)
-_CUM_ACTIVITY = list(itertools.accumulate(ACTIVITY_WEIGHTS.values()))[:-1]
+_CUM_ACTIVITY = list(itertools.accumulate(ACTIVITY_WEIGHTS.values()))[:-1]  # for bisect
 _FEEDBACK_COUNTS = {"push_delivered": "delivered", "push_opened": "opens",
                     "push_dismissed": "dismissals", "push_disabled": "disables",
                     "uninstall": "uninstalls"}
@@ -152,7 +156,7 @@ class _UserState:
 
 def _draw_user(rng: random.Random, n: int, creators: list[str], popularity: list[float],
                offset_share: float, start_ms: int, session_rate: float) -> SimUser:
-    zone = rng.choices(list(ZONE_WEIGHTS), list(ZONE_WEIGHTS.values()))[0]
+    zone = rng.choices(_ZONES, cum_weights=_CUM_ZONES)[0]
     peaks = [(rng.gauss(20.5, 1.0), rng.uniform(1.3, 2.2), 1.0)]
     if rng.random() < 0.5:
         peaks.append((rng.gauss(12.5, 1.0), rng.uniform(1.0, 2.0), rng.uniform(0.3, 0.7)))
@@ -296,6 +300,11 @@ class Population:
         return self._users[self._index[user_id]]
 
     @property
+    def now_ms(self) -> int:
+        """The simulated clock: ``start_ms``, then the last ``until_ms`` advanced to."""
+        return self._now
+
+    @property
     def user_ids(self) -> list[str]:
         """All user ids, in creation order."""
         return [u.user_id for u in self._users]
@@ -361,7 +370,7 @@ class Population:
 
     def _on_user_candidate(self, idx: int, at_ms: int) -> None:
         rng = self._rng
-        kind = rng.choices(list(USER_KIND_WEIGHTS), list(USER_KIND_WEIGHTS.values()))[0]
+        kind = rng.choices(_USER_KINDS, cum_weights=_CUM_USER_KINDS)[0]
         if kind == "friend_joined":
             creator: str | None = self._users[rng.randrange(len(self._users))].user_id
         else:

@@ -45,7 +45,7 @@ def intent(user_id: str, intent_id: str, send_at_ms: int, kind: str = "trending"
 
 
 def message_time(message: dict[str, Any]) -> int:
-    return message.get("event_time_ms", message.get("created_at_ms"))
+    return int(message["event_time_ms"] if "event_time_ms" in message else message["created_at_ms"])
 
 
 def run_closed_loop(pop: sim.Population, hours: int, step_ms: int = HOUR // 2,
@@ -172,7 +172,9 @@ def test_event_times_are_ordered_and_within_the_advanced_window(send_all: dict) 
 
 def test_advance_refuses_to_go_back() -> None:
     pop = sim.Population(seed=1, n_users=5, start_ms=START)
+    assert pop.now_ms == START
     pop.advance(START + HOUR)
+    assert pop.now_ms == START + HOUR
     with pytest.raises(ValueError):
         pop.advance(START)
 

@@ -1,0 +1,95 @@
+"""The whole decision loop on a real broker: the worker runs as a subprocess, messages go in
+with confluent-kafka, and the assertions read the output topics and /metrics."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+
+from streams.contracts import intent_id_for
+
+from .conftest import Deployment, wait_for_metrics
+
+pytestmark = pytest.mark.integration
+
+NOON = 1_780_315_200_000  # 2026-06-01T12:00:00Z: daytime in UTC, outside quiet hours
+MINUTE = 60_000
+SEND_REASONS = {"above_threshold", "explore", "holdout_send", "critical", "released"}
+
+
+def activity(user: str, n: int, start: int = NOON) -> list[tuple[str, bytes, bytes]]:
+    return [
+        ("user_events_topic", user.encode(), orjson.dumps({
+            "event_id": f"{user}-a{i}", "user_id": user, "type": "video_view",
+            "event_time_ms": start + i * MINUTE, "tz": "UTC",
+        }))
+        for i in range(n)
+    ]
+
+
+def candidate(user: str, cid: str, at: int = NOON + 30 * MINUTE) -> tuple[str, bytes, bytes]:
+    return ("candidates_topic", user.encode(), orjson.dumps({
+        "candidate_id": cid, "user_id": user, "kind": "new_video_from_followed",
+        "content_id": f"v-{cid}", "created_at_ms": at, "expires_at_ms": at + 6 * 3_600_000,
+    }))
+
+
+def feedback(user: str, intent_id: str, kind: str, at: int) -> tuple[str, bytes, bytes]:
+    return ("user_events_topic", user.encode(), orjson.dumps({
+        "event_id": f"fb-{intent_id}-{kind}", "user_id": user, "type": kind,
+        "event_time_ms": at, "tz": "UTC", "intent_id": intent_id,
+    }))
+
+
+def test_engaged_user_gets_an_intent(deployment: Deployment) -> None:
+    deployment.start_worker()
+    deployment.produce([*activity("alice", 20), candidate("alice", "c-alice-1")])
+    intents = deployment.read("intents_topic", lambda r: len(r) >= 1)
+    assert intents[0]["intent_id"] == intent_id_for("c-alice-1")
+    assert intents[0]["user_id"] == "alice" and intents[0]["reason"] in SEND_REASONS
+    decisions = deployment.read("decisions_topic", lambda r: len(r) >= 1)
+    assert decisions[0]["decision_id"] == intents[0]["intent_id"]
+    assert decisions[0]["action"] == "send"
+
+
+def test_bad_input_is_dead_lettered_and_later_messages_are_decided(
+    deployment: Deployment,
+) -> None:
+    deployment.start_worker()
+    malformed = b'{"user_id": "bob", "type": '
+    invalid = orjson.dumps({"event_id": "e1", "user_id": "bob", "type": "video_view",
+                            "event_time_ms": "yesterday", "tz": "UTC"})
+    deployment.produce([
+        ("user_events_topic", b"bob", malformed),
+        ("candidates_topic", b"bob", invalid),
+        *activity("bob", 5),
+        candidate("bob", "c-bob-1"),
+    ])
+    letters = deployment.read("dead_letters_topic", lambda r: len(r) >= 2)
+    by_code = {letter["error_code"]: letter for letter in letters}
+    assert set(by_code) == {"invalid_json", "schema_violation"}
+    assert base64.b64decode(by_code["invalid_json"]["payload_b64"]) == malformed
+    assert by_code["invalid_json"]["source_topic"] == deployment.settings.topic("user_events_topic")
+    assert by_code["schema_violation"]["offset"] >= 0
+    decisions = deployment.read("decisions_topic", lambda r: len(r) >= 1)
+    assert decisions[0]["candidate_id"] == "c-bob-1"
+
+
+def test_opens_are_learned_and_change_the_model_version(deployment: Deployment) -> None:
+    worker = deployment.start_worker(PUSHFLOW_SNAPSHOT_EVERY="1")
+    users = [f"user{i}" for i in range(8)]
+    deployment.produce([m for u in users for m in (*activity(u, 3), candidate(u, f"c-{u}"))])
+    intents = deployment.read("intents_topic", lambda r: len(r) >= len(users))
+    opened_at = NOON + 40 * MINUTE
+    deployment.produce(
+        feedback(i["user_id"], i["intent_id"], "push_opened", opened_at) for i in intents
+    )
+    figures = wait_for_metrics(
+        worker, lambda f: f["labeled_examples"] >= len(intents) and f.get("version", 0) > 0
+    )
+    assert figures["learned"] == len(intents)
+    examples = deployment.read("training_topic", lambda r: len(r) >= len(intents))
+    assert {e["outcome"] for e in examples} == {"opened"}
+    assert {e["intent_id"] for e in examples} == {i["intent_id"] for i in intents}
