@@ -52,6 +52,18 @@ class _StateCodec(codecs.Codec):
 codecs.register(STATE_CODEC, _StateCodec())
 
 
+class UserStateValue:
+    """Faust value type of the user-state table: Faust reads the changelog codec from
+    ``_options.serializer`` and hands the decoded value to ``from_data``."""
+
+    class _options:  # noqa: N801 - the attribute name Faust looks up
+        serializer = STATE_CODEC
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
 def decider_config(settings: Settings) -> DeciderConfig:
     """The pure core's configuration, taken from Settings once."""
     policy = PolicyConfig(
@@ -101,12 +113,15 @@ class PushflowWorker:
         self.metrics = Metrics(self.registry)
         self.models = ModelHolder(fresh_model(settings))
         self.trainer: PushModel | None = None
+        self.training_offset = 0
+        self.unacked: list[EventT] = []
         self.last_published = -1
         self.prequential = Prequential()
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
         # Event time per partition (newest input seen); derived, rebuilt from traffic.
         self.watermarks: dict[int, int] = {}
         self.due: dict[int, set[bytes]] = defaultdict(set)
+        self.due_built = False
         self.app = self._build_app()
         self._wire()
 
@@ -154,11 +169,7 @@ class PushflowWorker:
         self.training = self._raw_topic(s.topic("training_topic"), partitions=1)
         self.snapshots = self._raw_topic(s.topic("snapshots_topic"), partitions=1)
         self.table = self.app.Table(
-            "user-state",
-            partitions=s.partitions,
-            schema=faust.Schema(
-                key_type=bytes, key_serializer="raw", value_serializer=STATE_CODEC
-            ),
+            "user-state", partitions=s.partitions, key_type=bytes, value_type=UserStateValue
         )
         self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
         self.app.agent(self.training, name="pushflow.train")(self._train_agent)
@@ -219,7 +230,9 @@ class PushflowWorker:
             else:
                 out = self.decider.on_event(state, parsed)
         except Exception as exc:  # a bug: surface it loudly, keep the partition moving
-            log.exception("processing failed for %s[%d]@%d", topic, message.partition, message.offset)
+            log.exception(
+                "processing failed for %s[%d]@%d", topic, message.partition, message.offset
+            )
             await self._dead_letter(event, ProcessingError(f"{type(exc).__name__}: {exc}"))
             return
         self.table[key] = state
@@ -245,7 +258,8 @@ class PushflowWorker:
     async def _emit(self, key: bytes, out: StepOutput) -> None:
         for decision in out.decisions:
             await self.decisions.send(key=key, value=encode(decision))
-            self.metrics.decisions.labels(action=decision["action"], reason=decision["reason"]).inc()
+            labels = {"action": decision["action"], "reason": decision["reason"]}
+            self.metrics.decisions.labels(**labels).inc()
         for intent in out.intents:
             await self.intents.send(key=key, value=encode(intent))
             self.metrics.intents.labels(explore=str(intent["explore"]).lower()).inc()
@@ -292,12 +306,27 @@ class PushflowWorker:
 
     async def _tick(self) -> None:
         """Expire labels and release held pushes on every active partition's event time."""
+        if not self.due_built:
+            if not self.app.tables.recovery.completed.is_set():
+                return
+            self._rebuild_due_index()
         for tp in self.app.assignor.assigned_actives():
             if tp.topic != self.settings.topic("user_events_topic"):
                 continue
             now = self.watermarks.get(tp.partition)
             if now is not None:
                 await self._tick_partition(tp.partition, now)
+
+    def _rebuild_due_index(self) -> None:
+        """Users with pending labels or held pushes, from the (recovered) state table."""
+        self.due.clear()
+        for key, state in self.table.data.items():
+            if state.pending or state.outbox:
+                self.due[state.partition].add(key)
+                self.watermarks[state.partition] = max(
+                    self.watermarks.get(state.partition, 0), state.watermark_ms
+                )
+        self.due_built = True
 
     async def _tick_partition(self, partition: int, now_ms: int) -> None:
         for key in list(self.due[partition]):
@@ -313,33 +342,39 @@ class PushflowWorker:
                 await self._emit(key, out)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
-        """Rebuild the due index from recovered state; take over training if ours now."""
-        self.due.clear()
-        for key, state in self.table.data.items():
-            if state.pending or state.outbox:
-                self.due[state.partition].add(key)
+        """Take over training if it is ours now; the due index is rebuilt after recovery."""
+        self.due_built = False
         training_tp = {tp for tp in assigned if tp.topic == self.settings.topic("training_topic")}
         if training_tp and self.trainer is None:
-            self.trainer = self.models.serving.clone()
-            self.last_published = self.trainer.version
-            log.info("training here, starting from model version %d", self.trainer.version)
+            self._start_training()
         elif not training_tp and self.trainer is not None:
             self.trainer = None
+            self.unacked.clear()
             log.info("training moved to another worker")
 
     # --- training -------------------------------------------------------------------------
 
     async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        async for raw in stream:
-            self.learn(orjson.loads(raw))
-            if self.trainer is not None:
-                if self.trainer.version - self.last_published >= self.settings.snapshot_every:
-                    await self.publish_snapshot()
+        """Learn each resolved label once; acks wait for the snapshot that contains them.
+
+        A crash re-reads the examples after the last snapshot (their offsets were not
+        committed), and examples already inside the restored snapshot are skipped, so each
+        label is learned exactly once in the model's history.
+        """
+        async for event in stream.noack().events():
+            if event.message.offset >= self.training_offset:
+                self.learn(orjson.loads(event.value))
+                self.training_offset = event.message.offset + 1
+            self.unacked.append(event)
+            due = self.trainer.version - self.last_published if self.trainer else 0
+            if due >= self.settings.snapshot_every:
+                await self.publish_snapshot()
             yield None
 
     def learn(self, example: dict[str, Any]) -> None:
         if self.trainer is None:
-            self.trainer = self.models.serving.clone()
+            self._start_training()
+        assert self.trainer is not None
         if example.get("p_open") is not None:
             self.prequential.update(example["p_open"], example["label"])
         self.trainer.learn(
@@ -347,18 +382,34 @@ class PushflowWorker:
         )
         self.metrics.learned.inc()
 
+    def _start_training(self) -> None:
+        self.trainer = self.models.serving.clone()
+        self.training_offset = self.models.training_offset
+        self.last_published = self.trainer.version
+        log.info("training here from model version %d (training offset %d)",
+                 self.trainer.version, self.training_offset)
+
     async def _snapshot_timer(self) -> None:
         if self.trainer is not None and self.trainer.version > self.last_published:
             await self.publish_snapshot()
+        elif self.unacked and self.trainer is not None:
+            self._ack_learned()
 
     async def publish_snapshot(self) -> None:
         assert self.trainer is not None
         model = self.trainer.clone()
-        await self.snapshots.send(key=b"model", value=model.to_snapshot())
+        meta = {"training_offset": self.training_offset}
+        await self.snapshots.send(key=b"model", value=model.to_snapshot(meta))
         self.last_published = model.version
-        self.models.offer(model, int(time.time() * 1000))
+        self.models.offer(model, int(time.time() * 1000), self.training_offset)
         self.metrics.model_version.set(model.version)
+        self._ack_learned()
         log.info("published model snapshot version %d", model.version)
+
+    def _ack_learned(self) -> None:
+        for event in self.unacked:
+            event.ack()
+        self.unacked.clear()
 
     # --- gauges ---------------------------------------------------------------------------
 

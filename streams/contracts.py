@@ -5,9 +5,11 @@ fastjsonschema) and a few rules a schema cannot express (the time zone exists, a
 does not expire before it is created, the key is the user id). Anything wrong raises a
 :class:`~streams.errors.ContractError` whose ``code`` is the dead-letter error code.
 
->>> raw = b'{"event_id":"e1","user_id":"u1","type":"app_open","event_time_ms":1767225600000,"tz":"Asia/Tokyo"}'
+>>> raw = (b'{"event_id":"e1","user_id":"u1","type":"app_open",'
+...        b'"event_time_ms":1767225600000,"tz":"Asia/Tokyo"}')
 >>> parse_user_event(raw, key=b"u1")
-UserEvent(event_id='e1', user_id='u1', type='app_open', event_time_ms=1767225600000, tz='Asia/Tokyo', intent_id=None)
+UserEvent(event_id='e1', user_id='u1', type='app_open', event_time_ms=1767225600000,
+          tz='Asia/Tokyo', intent_id=None)
 >>> parse_user_event(b'{"user_id": 1', key=None)
 Traceback (most recent call last):
 ...
@@ -21,7 +23,7 @@ import dataclasses
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,7 @@ def parse_user_event(
         event_id=obj["event_id"],
         user_id=obj["user_id"],
         type=obj["type"],
-        event_time_ms=obj["event_time_ms"],
+        event_time_ms=int(obj["event_time_ms"]),
         tz=obj["tz"],
         intent_id=obj.get("intent_id"),
     )
@@ -167,8 +169,8 @@ def parse_candidate(raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_
         user_id=obj["user_id"],
         kind=obj["kind"],
         content_id=obj["content_id"],
-        created_at_ms=obj["created_at_ms"],
-        expires_at_ms=obj["expires_at_ms"],
+        created_at_ms=int(obj["created_at_ms"]),
+        expires_at_ms=int(obj["expires_at_ms"]),
         critical=bool(obj.get("critical", False)),
         creator_id=obj.get("creator_id"),
         tz=obj.get("tz"),
@@ -187,7 +189,7 @@ def zone(tz: str) -> tzinfo:
     datetime.timedelta(seconds=19800)
     """
     if tz in ("Z", "UTC"):
-        return timezone.utc
+        return UTC
     match = _OFFSET.match(tz)
     if match:
         sign, hours, minutes = match.groups()

@@ -119,7 +119,9 @@ def scrape(text: str) -> dict[str, Any]:
     return figures
 
 
-def summary(driver: TrafficDriver, worker_figures: dict[str, Any], elapsed: float) -> dict[str, Any]:
+def summary(
+    driver: TrafficDriver, worker_figures: dict[str, Any], elapsed: float
+) -> dict[str, Any]:
     stats = driver.population.stats
     intents = driver.received["intents"]
     return {

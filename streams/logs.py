@@ -39,7 +39,8 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "info", log_format: str = "text") -> None:
     """Configure the root logger once for the whole process."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

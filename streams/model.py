@@ -90,9 +90,14 @@ class PushModel:
     def clone(self) -> PushModel:
         return copy.deepcopy(self)
 
-    def to_snapshot(self) -> bytes:
-        """Header (JSON, checked before anything is unpickled) + pickled pipelines."""
+    def to_snapshot(self, meta: Mapping[str, object] | None = None) -> bytes:
+        """Header (JSON, checked before anything is unpickled) + pickled pipelines.
+
+        ``meta`` is stored in the header as is (e.g. how far in the example stream the model
+        has learned).
+        """
         header = {
+            **(meta or {}),
             "format": MODEL_FORMAT,
             "river": _minor(river_version),
             "version": self.version,

@@ -29,13 +29,17 @@ def run_worker(settings: Settings) -> None:
                       client_config=settings.confluent_config(), timeout=60)
         worker = PushflowWorker(settings)
         follower = SnapshotFollower(
-            settings.confluent_config(), settings.topic("snapshots_topic"), worker.models
+            settings.confluent_config(),
+            settings.topic("snapshots_topic"),
+            worker.models,
+            on_swap=worker.metrics.model_version.set,
         )
         follower.catch_up(timeout=30)
         if worker.models.published_at_ms is None:
             log.info("cold start: no model snapshot found, starting from a fresh model")
         else:
             log.info("warm start from model snapshot version %d", worker.models.serving.version)
+        worker.metrics.model_version.set(worker.models.serving.version)
         follower.start()
         stack.callback(follower.stop)
         log.info("worker %s starting; metrics on http://%s:%d/metrics",

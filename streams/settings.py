@@ -88,7 +88,7 @@ class Settings:
     learning_rate: float = 0.05
     seed: int = 42
     snapshot_every: int = 200
-    snapshot_interval_s: float = 30.0
+    snapshot_interval_s: float = 5.0
     # --- policy
     daily_cap: int = 5
     min_gap_s: int = 4 * 3600

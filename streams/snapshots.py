@@ -27,16 +27,19 @@ class ModelHolder:
     def __init__(self, fresh: PushModel) -> None:
         self.serving = fresh
         self.published_at_ms: int | None = None
+        # Offset in the training-examples topic up to which ``serving`` has learned.
+        self.training_offset = 0
         self.refused = 0
         self._lock = threading.Lock()
 
-    def offer(self, model: PushModel, published_at_ms: int) -> bool:
+    def offer(self, model: PushModel, published_at_ms: int, training_offset: int = 0) -> bool:
         """Serve ``model`` if it is newer than the current one; True if it was taken."""
         with self._lock:
             if model.version <= self.serving.version and self.published_at_ms is not None:
                 return False
             self.serving = model
             self.published_at_ms = published_at_ms
+            self.training_offset = training_offset
             return True
 
     def offer_bytes(self, raw: bytes, published_at_ms: int) -> bool:
@@ -44,7 +47,8 @@ class ModelHolder:
             header = snapshot_header(raw)
             if int(header.get("version", -1)) <= self.serving.version:  # type: ignore[call-overload]
                 return False
-            return self.offer(PushModel.from_snapshot(raw), published_at_ms)
+            offset = int(header.get("training_offset", 0))  # type: ignore[call-overload]
+            return self.offer(PushModel.from_snapshot(raw), published_at_ms, offset)
         except SnapshotError as exc:
             self.refused += 1
             log.error("refused model snapshot: %s", exc)

@@ -54,7 +54,7 @@ class TrafficDriver:
         self.settings = settings
         self.population = population
         self.speed = speed
-        self.sim_start_ms = population_clock(population)
+        self.sim_start_ms = population.now_ms
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.decisions_by_reason: Counter[str] = Counter()
@@ -118,11 +118,6 @@ class TrafficDriver:
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
         self._consumer.close()
-
-
-def population_clock(population: Population) -> int:
-    """The population's current simulated time (its start before the first advance)."""
-    return int(population._now)  # noqa: SLF001 - the clock is part of its state
 
 
 def run_simulation(

@@ -62,8 +62,8 @@ class Deployment:
     def produce(self, messages: Iterable[tuple[str, bytes | None, bytes]]) -> None:
         """(logical topic field, key, raw value) triples, flushed before returning."""
         producer = Producer(producer_config(self.settings))
-        for field, key, value in messages:
-            producer.produce(self.settings.topic(field), key=key, value=value)
+        for topic_field, key, value in messages:
+            producer.produce(self.settings.topic(topic_field), key=key, value=value)
         assert producer.flush(30) == 0
 
     def read(
@@ -86,7 +86,8 @@ class Deployment:
         try:
             while not until(records):
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{field}: condition not met in {timeout}s: {records[-5:]}")
+                    tail = records[-5:]
+                    raise AssertionError(f"{field}: condition not met in {timeout}s: {tail}")
                 for message in consumer.consume(500, timeout=0.5):
                     if message.error() is None:
                         records.append(orjson.loads(message.value()))

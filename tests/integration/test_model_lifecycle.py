@@ -1,0 +1,64 @@
+"""The model outlives its workers: snapshots restore it after kill -9, and every worker in the
+group serves the same version shortly after it is published."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Deployment, wait_for_metrics
+from .test_decision_loop import NOON, activity, candidate, feedback
+
+pytestmark = pytest.mark.integration
+MINUTE = 60_000
+
+
+def send_and_open(deployment: Deployment, users: list[str], tag: str) -> list[dict]:
+    """Candidates for ``users``; every intent is opened. Returns the intents."""
+    deployment.produce(
+        m for u in users for m in (*activity(u, 3), candidate(u, f"c-{tag}-{u}"))
+    )
+    wanted = {f"c-{tag}-{u}" for u in users}
+    intents = deployment.read(
+        "intents_topic", lambda r: wanted <= {i["candidate_id"] for i in r}
+    )
+    mine = [i for i in intents if i["candidate_id"] in wanted]
+    deployment.produce(
+        feedback(i["user_id"], i["intent_id"], "push_opened", NOON + 40 * MINUTE) for i in mine
+    )
+    return mine
+
+
+@pytest.mark.parametrize("broker", ["tansu"], indirect=True)  # noida never evicts a killed member
+def test_kill_9_then_restart_scores_with_the_restored_model(deployment: Deployment) -> None:
+    first = deployment.start_worker("first", PUSHFLOW_SNAPSHOT_EVERY="1")
+    opened = send_and_open(deployment, [f"a{i}" for i in range(6)], "one")
+    before = wait_for_metrics(first, lambda f: f.get("version", 0) >= len(opened))
+    first.proc.kill()
+    first.proc.wait(10)
+
+    second = deployment.start_worker("second", PUSHFLOW_SNAPSHOT_EVERY="1")
+    restored = wait_for_metrics(second, lambda f: f.get("version", 0) > 0, timeout=10)
+    assert restored["version"] == before["version"]
+    deployment.produce([*activity("late", 2), candidate("late", "c-after-restart"),
+                        candidate("a0", "c-one-a0")])  # a0's state must be restored too
+    decisions = deployment.read(
+        "decisions_topic", lambda r: any(d["candidate_id"] == "c-after-restart" for d in r)
+        and sum(d["candidate_id"] == "c-one-a0" for d in r) == 2
+    )
+    [after] = [d for d in decisions if d["candidate_id"] == "c-after-restart"]
+    assert after["model_version"] == before["version"]
+    assert [d["reason"] for d in decisions if d["candidate_id"] == "c-one-a0"][1] == "duplicate"
+    assert "Crashed" not in second.log_path.read_text()
+
+
+def test_two_workers_serve_the_same_version_and_learn_each_label_once(
+    deployment: Deployment,
+) -> None:
+    workers = [deployment.start_worker(name, PUSHFLOW_SNAPSHOT_EVERY="4") for name in "ab"]
+    opened = send_and_open(deployment, [f"u{i}" for i in range(16)], "two")
+    figures = [
+        wait_for_metrics(w, lambda f: f.get("version", 0) == len(opened), timeout=60)
+        for w in workers
+    ]
+    assert sum(f["learned"] for f in figures) == len(opened)  # one trainer, each label once
+    assert sum(f["labeled_examples"] for f in figures) == len(opened)

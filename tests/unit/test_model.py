@@ -1,0 +1,77 @@
+"""The checks River runs on its own estimators, applied to our model wrapper and snapshots."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.errors import IncompatibleSnapshot, SnapshotError
+from streams.model import SNAPSHOT_MAGIC, PushModel
+
+features = st.dictionaries(
+    st.sampled_from(["act_1h", "act_24h", "open_rate", "kind=trending", "kind=live_started"]),
+    st.floats(min_value=-5, max_value=5, allow_nan=False),
+    min_size=1,
+)
+
+
+def trained(n: int = 200, seed: int = 1) -> PushModel:
+    rng = random.Random(seed)
+    model = PushModel(seed=seed)
+    for _ in range(n):
+        x = {"act_24h": rng.gauss(0, 1), "kind=trending": float(rng.random() < 0.5)}
+        model.learn(x, opened=x["act_24h"] > 0.5, disabled=rng.random() < 0.02)
+    return model
+
+
+@settings(max_examples=100, deadline=None)
+@given(features)
+def test_snapshot_round_trip_gives_identical_scores(x: dict[str, float]) -> None:
+    model = trained()
+    restored = PushModel.from_snapshot(model.to_snapshot())
+    assert restored.p_open(x) == model.p_open(x)
+    assert restored.p_disable(x) == model.p_disable(x)
+    assert restored.version == model.version
+
+
+@settings(max_examples=100, deadline=None)
+@given(features)
+def test_learn_and_score_never_mutate_their_input(x: dict[str, float]) -> None:
+    model = trained(20)
+    before = copy.deepcopy(x)
+    model.p_open(x)
+    model.learn(x, opened=True, disabled=False)
+    assert x == before
+
+
+def test_seeded_runs_are_reproducible() -> None:
+    x = {"act_24h": 1.0, "kind=trending": 1.0}
+    assert trained(seed=3).p_open(x) == trained(seed=3).p_open(x)
+
+
+def test_emerging_and_disappearing_features() -> None:
+    model = trained(50)
+    model.learn({"brand_new": 1.0}, opened=True, disabled=False)
+    assert 0.0 < model.p_open({"act_24h": 1.0}) < 1.0
+    assert 0.0 < model.p_open({"never_seen": 3.0}) < 1.0
+
+
+def test_it_learns_the_signal() -> None:
+    model = trained(2000)
+    assert model.p_open({"act_24h": 2.0, "kind=trending": 1.0}) > 0.6
+    assert model.p_open({"act_24h": -2.0, "kind=trending": 1.0}) < 0.2
+
+
+def test_incompatible_snapshots_are_refused_before_unpickling() -> None:
+    raw = trained(5).to_snapshot()
+    bumped = raw.replace(b'"format":1', b'"format":99', 1)
+    with pytest.raises(IncompatibleSnapshot):
+        PushModel.from_snapshot(bumped)
+    with pytest.raises(SnapshotError):
+        PushModel.from_snapshot(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(SnapshotError):
+        PushModel.from_snapshot(SNAPSHOT_MAGIC + b"not json\n")
