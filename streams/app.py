@@ -104,6 +104,18 @@ def faust_credentials(settings: Settings) -> Any:
     return None if ssl_context is None else faust.SSLCredentials(ssl_context)
 
 
+class _SendErrors(faust.Sensor):
+    """Counts failed produce requests (after aiokafka's retries) and logs each once."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self._metrics.producer_errors.inc()
+        log.error("send failed: %s", exc)
+
+
 class PushflowWorker:
     """One worker process: the Faust app, its topics, table, agents, metrics and model."""
 
@@ -122,6 +134,8 @@ class PushflowWorker:
         self.watermarks: dict[int, int] = {}
         self.due: dict[int, set[bytes]] = defaultdict(set)
         self.due_built = False
+        # Next offset to process per input partition, for the consumer-lag gauge.
+        self.positions: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
         self._wire()
 
@@ -148,6 +162,7 @@ class PushflowWorker:
             autodiscover=False,
             producer_acks=-1,
             producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
+            processing_guarantee=s.processing_guarantee,
         )
 
     def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:
@@ -176,7 +191,9 @@ class PushflowWorker:
         self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)
         self.app.timer(s.snapshot_interval_s, name="pushflow.snapshot")(self._snapshot_timer)
         self.app.timer(5.0, name="pushflow.gauges")(self._update_gauges)
+        self.app.timer(s.ttl_sweep_interval_s, name="pushflow.expire")(self._expire_inactive)
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.sensors.add(_SendErrors(self.metrics))
         self._add_pages()
 
     def _add_pages(self) -> None:
@@ -216,6 +233,7 @@ class PushflowWorker:
         started = time.monotonic()
         message = event.message
         topic = message.topic
+        self.positions[(topic, message.partition)] = message.offset + 1
         try:
             parsed = self._parse(topic, event.key, event.value)
         except ContractError as exc:
@@ -341,6 +359,25 @@ class PushflowWorker:
                 self._track(partition, key, state)
                 await self._emit(key, out)
 
+    async def _expire_inactive(self) -> None:
+        """Forget users inactive for ``user_ttl_s`` of event time with nothing in flight."""
+        active = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        ttl_ms = self.settings.user_ttl_s * 1000
+        expired = [
+            (key, state.partition)
+            for key, state in self.table.data.items()
+            if state.partition in active
+            and not state.pending
+            and not state.outbox
+            and self.watermarks.get(state.partition, 0) - state.watermark_ms > ttl_ms
+        ]
+        for key, partition in expired:
+            del self.table.data[key]
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+        if expired:
+            self.metrics.expired_users.inc(len(expired))
+            log.info("expired %d users inactive for %ds", len(expired), self.settings.user_ttl_s)
+
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Take over training if it is ours now; the due index is rebuilt after recovery."""
         self.due_built = False
@@ -404,7 +441,7 @@ class PushflowWorker:
         self.models.offer(model, int(time.time() * 1000), self.training_offset)
         self.metrics.model_version.set(model.version)
         self._ack_learned()
-        log.info("published model snapshot version %d", model.version)
+        log.debug("published model snapshot version %d", model.version)
 
     def _ack_learned(self) -> None:
         for event in self.unacked:
@@ -412,6 +449,21 @@ class PushflowWorker:
         self.unacked.clear()
 
     # --- gauges ---------------------------------------------------------------------------
+
+    async def _update_lag(self) -> None:
+        tps = [tp for tp in self.app.assignor.assigned_actives()
+               if tp.topic in self.inputs.topics]
+        if not tps:
+            return
+        try:
+            highwaters = await self.app.consumer.highwaters(*tps)
+        except Exception as exc:  # broker unreachable: keep the last values, say why
+            log.warning("consumer lag not updated: %s", exc)
+            return
+        for tp, highwater in highwaters.items():
+            position = self.positions.get((tp.topic, tp.partition), 0)
+            lag = max(0, highwater - position)
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
     async def _update_gauges(self) -> None:
         m = self.metrics
@@ -423,6 +475,7 @@ class PushflowWorker:
         m.log_loss.set(report["log_loss"])
         m.calibration_error.set(report["calibration_error"])
         m.base_rate.set(report["base_rate"])
+        await self._update_lag()
         states = list(self.table.data.values())
         m.table_keys.labels(table="user-state").set(len(states))
         m.outbox_size.set(sum(len(s.outbox) for s in states))

@@ -101,6 +101,10 @@ class Metrics:
             "pushflow_ready", "1 when partitions are assigned and recovery is done.",
             registry=registry,
         )
+        self.expired_users = Counter(
+            "pushflow_expired_users", "Inactive users whose state was deleted (user_ttl_s).",
+            registry=registry,
+        )
         self.producer_errors = Counter(
             "pushflow_producer_errors", "Failed sends to output topics.", registry=registry
         )

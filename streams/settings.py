@@ -73,6 +73,8 @@ class Settings:
     training_topic: str = "training-examples"
     snapshots_topic: str = "model-snapshots"
     session_timeout_s: float = 10.0
+    # at_least_once everywhere; exactly_once needs broker transactions (Apache Kafka, noida)
+    processing_guarantee: str = "at_least_once"
     # --- security (passed through to both Kafka clients)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
@@ -99,6 +101,7 @@ class Settings:
     disable_weight: float = 1.0
     # --- state lifetime
     user_ttl_s: int = 30 * 24 * 3600
+    ttl_sweep_interval_s: float = 60.0
     # --- process
     web_host: str = "127.0.0.1"
     web_port: int = 6066
