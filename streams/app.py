@@ -9,6 +9,7 @@ forward per partition so labels expire and held pushes are released even for sil
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -93,7 +94,7 @@ def faust_credentials(settings: Settings) -> Any:
     protocol = settings.security_protocol.upper()
     ssl_context = None
     if "SSL" in protocol:
-        ssl_context = faust.ssl.create_default_context(cafile=settings.ssl_cafile)
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile)
     if "SASL" in protocol:
         return faust.SASLCredentials(
             username=settings.sasl_username,
@@ -192,7 +193,7 @@ class PushflowWorker:
         self.app.timer(s.snapshot_interval_s, name="pushflow.snapshot")(self._snapshot_timer)
         self.app.timer(5.0, name="pushflow.gauges")(self._update_gauges)
         self.app.timer(s.ttl_sweep_interval_s, name="pushflow.expire")(self._expire_inactive)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.app.sensors.add(_SendErrors(self.metrics))
         self._add_pages()
 
@@ -214,9 +215,12 @@ class PushflowWorker:
         self.app.page("/healthz", name="pushflow-health")(health)
         self.app.page("/readyz", name="pushflow-ready")(ready)
 
+    def _recovered(self) -> bool:
+        return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
     def is_ready(self) -> bool:
         app = self.app
-        recovered = app.tables.recovery.completed.is_set()
+        recovered = self._recovered()
         ready = bool(recovered and not app.rebalancing and app.consumer.assignment())
         self.metrics.ready.set(1 if ready else 0)
         return ready
@@ -239,7 +243,7 @@ class PushflowWorker:
         except ContractError as exc:
             await self._dead_letter(event, exc)
             return
-        key = event.key
+        key = message.key or b""  # the contract checked it is the user id
         state = self.table.get(key) or UserState(parsed.user_id)
         state.partition = message.partition
         try:
@@ -325,7 +329,7 @@ class PushflowWorker:
     async def _tick(self) -> None:
         """Expire labels and release held pushes on every active partition's event time."""
         if not self.due_built:
-            if not self.app.tables.recovery.completed.is_set():
+            if not self._recovered():
                 return
             self._rebuild_due_index()
         for tp in self.app.assignor.assigned_actives():
@@ -398,7 +402,7 @@ class PushflowWorker:
         committed), and examples already inside the restored snapshot are skipped, so each
         label is learned exactly once in the model's history.
         """
-        async for event in stream.noack().events():
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             if event.message.offset >= self.training_offset:
                 self.learn(orjson.loads(event.value))
                 self.training_offset = event.message.offset + 1

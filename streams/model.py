@@ -22,6 +22,7 @@ import copy
 import math
 import pickle
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from river import __version__ as river_version
@@ -119,10 +120,10 @@ class PushModel:
                 f"cannot be loaded by format {MODEL_FORMAT} / river {_minor(river_version)}"
             )
         model = cls(
-            float(header["learning_rate"]),  # type: ignore[arg-type]
-            float(header["l2"]),  # type: ignore[arg-type]
-            float(header["open_prior"]),  # type: ignore[arg-type]
-            float(header["disable_prior"]),  # type: ignore[arg-type]
+            float(header["learning_rate"]),
+            float(header["l2"]),
+            float(header["open_prior"]),
+            float(header["disable_prior"]),
         )
         body = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[1]
         model._open, model._disable = pickle.loads(body)
@@ -130,7 +131,7 @@ class PushModel:
         return model
 
 
-def snapshot_header(raw: bytes) -> dict[str, object]:
+def snapshot_header(raw: bytes) -> dict[str, Any]:
     """The JSON header of a snapshot, without unpickling anything."""
     if not raw.startswith(SNAPSHOT_MAGIC):
         raise SnapshotError("not a pushflow model snapshot (bad magic)")

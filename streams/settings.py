@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from streams.errors import ConfigError
@@ -109,7 +109,6 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     tick_interval_s: float = 5.0
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_range("threshold", 0.0, 1.0)
@@ -134,7 +133,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and f.name != "extra":
+            if raw is not None:
                 values[f.name] = _convert(f.name, f.type, raw)
         for name, value in overrides.items():
             if value is not None:

@@ -45,9 +45,9 @@ class ModelHolder:
     def offer_bytes(self, raw: bytes, published_at_ms: int) -> bool:
         try:
             header = snapshot_header(raw)
-            if int(header.get("version", -1)) <= self.serving.version:  # type: ignore[call-overload]
+            if int(header.get("version", -1)) <= self.serving.version:
                 return False
-            offset = int(header.get("training_offset", 0))  # type: ignore[call-overload]
+            offset = int(header.get("training_offset", 0))
             return self.offer(PushModel.from_snapshot(raw), published_at_ms, offset)
         except SnapshotError as exc:
             self.refused += 1

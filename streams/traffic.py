@@ -80,8 +80,8 @@ class TrafficDriver:
 
     def step(self, poll_s: float = 0.05) -> None:
         """Produce what the population did up to now; feed back the intents that arrived."""
-        for topic, message in self.population.advance(self.sim_now_ms):
-            self._produce(topic, message)
+        for topic, record in self.population.advance(self.sim_now_ms):
+            self._produce(topic, record)
         self._producer.poll(0)
         for message in self._consumer.consume(num_messages=2000, timeout=poll_s):
             self._receive(message)
