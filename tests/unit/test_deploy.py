@@ -25,10 +25,13 @@ import re
 import shutil
 import subprocess
 import tomllib
+from dataclasses import fields
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
+
+from streams.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
 jsonschema = pytest.importorskip("jsonschema")
@@ -49,21 +52,8 @@ DS_PROVISIONING = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVISIONING = GRAFANA / "provisioning" / "dashboards" / "pushflow.yml"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 
-# The worker's configuration surface (each also a CLI flag), plus the simulator's.
-KNOWN_PUSHFLOW_ENV = {
-    "PUSHFLOW_BROKER",
-    "PUSHFLOW_APP_ID",
-    "PUSHFLOW_PARTITIONS",
-    "PUSHFLOW_REPLICATION",
-    "PUSHFLOW_THRESHOLD",
-    "PUSHFLOW_WEB_PORT",
-    "PUSHFLOW_DATA_DIR",
-    "PUSHFLOW_LOG_FORMAT",
-    "PUSHFLOW_LOG_LEVEL",
-    "PUSHFLOW_SECURITY_PROTOCOL",
-    "PUSHFLOW_SASL_MECHANISM",
-    "PUSHFLOW_SASL_USERNAME",
-    "PUSHFLOW_SASL_PASSWORD",
+# The worker's configuration surface (one variable per Settings field), plus the simulator's.
+KNOWN_PUSHFLOW_ENV = {"PUSHFLOW_" + f.name.upper() for f in fields(Settings)} | {
     "PUSHFLOW_SIM_USERS",
     "PUSHFLOW_SIM_SPEED",
 }
@@ -525,6 +515,7 @@ def test_referenced_paths_exist(services):
 def test_worker_port_matches_prometheus_scrape(services, prom_config):
     worker = services["worker"]
     port = int(env_of(worker)["PUSHFLOW_WEB_PORT"])
+    assert env_of(worker)["PUSHFLOW_WEB_HOST"] == "0.0.0.0"  # reachable by Prometheus
     assert [int(p) for p in worker["expose"]] == [port]
     url = re.search(r"https?://[^'\"]+", worker["healthcheck"]["test"][3]).group(0)
     assert urlsplit(url).port == port
