@@ -8,10 +8,11 @@ forward per partition so labels expire and held pushes are released even for sil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,8 +106,11 @@ def faust_credentials(settings: Settings) -> Any:
     return None if ssl_context is None else faust.SSLCredentials(ssl_context)
 
 
-class _SendErrors(faust.Sensor):
-    """Counts failed produce requests (after aiokafka's retries) and logs each once."""
+class _FaustSensor(faust.Sensor):
+    """What Faust itself knows and pushflow exports: send errors and rebalances."""
+
+    # A mode service logs its start/stop steps; file them with Faust's (quiet at info).
+    logger = logging.getLogger("faust.sensors.pushflow")
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()
@@ -115,6 +119,13 @@ class _SendErrors(faust.Sensor):
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         self._metrics.producer_errors.inc()
         log.error("send failed: %s", exc)
+
+    def on_rebalance_start(self, app: Any) -> dict[str, Any]:
+        self._metrics.rebalances.inc()
+        return {"started": time.monotonic()}
+
+    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
+        self._metrics.rebalance_seconds.observe(time.monotonic() - state["started"])
 
 
 class PushflowWorker:
@@ -137,6 +148,8 @@ class PushflowWorker:
         self.due_built = False
         # Next offset to process per input partition, for the consumer-lag gauge.
         self.positions: dict[tuple[str, int], int] = {}
+        self.dead_letter_codes: Counter[str] = Counter()
+        self.was_ready = False
         self.app = self._build_app()
         self._wire()
 
@@ -194,7 +207,9 @@ class PushflowWorker:
         self.app.timer(5.0, name="pushflow.gauges")(self._update_gauges)
         self.app.timer(s.ttl_sweep_interval_s, name="pushflow.expire")(self._expire_inactive)
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-        self.app.sensors.add(_SendErrors(self.metrics))
+        self.app.sensors.add(_FaustSensor(self.metrics))
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self._add_pages()
 
     def _add_pages(self) -> None:
@@ -223,6 +238,10 @@ class PushflowWorker:
         recovered = self._recovered()
         ready = bool(recovered and not app.rebalancing and app.consumer.assignment())
         self.metrics.ready.set(1 if ready else 0)
+        if ready and not self.was_ready:
+            log.info("worker ready: %d partitions assigned, state recovered",
+                     len(app.consumer.assignment()))
+        self.was_ready = ready
         return ready
 
     # --- the decision agent ---------------------------------------------------------------
@@ -303,10 +322,11 @@ class PushflowWorker:
         await self.dead_letters.send(key=message.key, value=encode(record))
         self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
         self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
-        log.warning(
+        log.debug(
             "dead letter %s[%d]@%d %s: %s",
             message.topic, message.partition, message.offset, error.code, str(error)[:200],
         )
+        self.dead_letter_codes[error.code] += 1
 
     def _count_input(self, topic: str, out: StepOutput) -> None:
         outcome = "ignored" if out.ignored else "processed"
@@ -326,18 +346,21 @@ class PushflowWorker:
 
     # --- event-time ticks -----------------------------------------------------------------
 
+    def _active_partitions(self) -> set[int]:
+        """Input partitions this worker owns (not standbys, not other topics' partitions)."""
+        topic = self.settings.topic("user_events_topic")
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
     async def _tick(self) -> None:
         """Expire labels and release held pushes on every active partition's event time."""
         if not self.due_built:
             if not self._recovered():
                 return
             self._rebuild_due_index()
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic != self.settings.topic("user_events_topic"):
-                continue
-            now = self.watermarks.get(tp.partition)
+        for partition in self._active_partitions():
+            now = self.watermarks.get(partition)
             if now is not None:
-                await self._tick_partition(tp.partition, now)
+                await self._tick_partition(partition, now)
 
     def _rebuild_due_index(self) -> None:
         """Users with pending labels or held pushes, from the (recovered) state table."""
@@ -365,7 +388,7 @@ class PushflowWorker:
 
     async def _expire_inactive(self) -> None:
         """Forget users inactive for ``user_ttl_s`` of event time with nothing in flight."""
-        active = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        active = self._active_partitions()
         ttl_ms = self.settings.user_ttl_s * 1000
         expired = [
             (key, state.partition)
@@ -385,6 +408,9 @@ class PushflowWorker:
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Take over training if it is ours now; the due index is rebuilt after recovery."""
         self.due_built = False
+        inputs = sorted(tp.partition for tp in assigned if tp.topic in self.inputs.topics)
+        log.info("partitions assigned: %s", sorted(set(inputs)),
+                 extra={"event": "assigned", "partitions": sorted(set(inputs))})
         training_tp = {tp for tp in assigned if tp.topic == self.settings.topic("training_topic")}
         if training_tp and self.trainer is None:
             self._start_training()
@@ -392,6 +418,21 @@ class PushflowWorker:
             self.trainer = None
             self.unacked.clear()
             log.info("training moved to another worker")
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """Forget what this worker no longer owns: positions and lag series."""
+        gone = sorted({tp.partition for tp in revoked if tp.topic in self.inputs.topics})
+        for tp in revoked:
+            self.positions.pop((tp.topic, tp.partition), None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self.was_ready = False
+        if gone:
+            log.info("partitions revoked: %s", gone, extra={"event": "revoked", "partitions": gone})
+
+    async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        log.info("worker stopping: committing offsets and flushing outputs",
+                 extra={"event": "stopping"})
 
     # --- training -------------------------------------------------------------------------
 
@@ -454,6 +495,14 @@ class PushflowWorker:
 
     # --- gauges ---------------------------------------------------------------------------
 
+    def _log_dead_letters(self) -> None:
+        """One warning per gauge interval for all dead letters, not one per message."""
+        if self.dead_letter_codes:
+            total = sum(self.dead_letter_codes.values())
+            log.warning("%d inputs dead-lettered since the last report: %s",
+                        total, dict(self.dead_letter_codes))
+            self.dead_letter_codes.clear()
+
     async def _update_lag(self) -> None:
         tps = [tp for tp in self.app.assignor.assigned_actives()
                if tp.topic in self.inputs.topics]
@@ -464,8 +513,11 @@ class PushflowWorker:
         except Exception as exc:  # broker unreachable: keep the last values, say why
             log.warning("consumer lag not updated: %s", exc)
             return
+        committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]
         for tp, highwater in highwaters.items():
-            position = self.positions.get((tp.topic, tp.partition), 0)
+            position = max(
+                self.positions.get((tp.topic, tp.partition), 0), (committed.get(tp) or 0)
+            )
             lag = max(0, highwater - position)
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
@@ -480,7 +532,9 @@ class PushflowWorker:
         m.calibration_error.set(report["calibration_error"])
         m.base_rate.set(report["base_rate"])
         await self._update_lag()
-        states = list(self.table.data.values())
+        self._log_dead_letters()
+        active = self._active_partitions()
+        states = [state for state in self.table.data.values() if state.partition in active]
         m.table_keys.labels(table="user-state").set(len(states))
         m.outbox_size.set(sum(len(s.outbox) for s in states))
         m.pending_labels.set(sum(len(s.pending) for s in states))

@@ -13,7 +13,15 @@ No user ids or other unbounded values are used as labels. The catalogue is docs/
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 P_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
@@ -108,3 +116,22 @@ class Metrics:
         self.producer_errors = Counter(
             "pushflow_producer_errors", "Failed sends to output topics.", registry=registry
         )
+        self.rebalances = Counter(
+            "pushflow_rebalances", "Consumer-group rebalances this worker went through.",
+            registry=registry,
+        )
+        self.rebalance_seconds = Histogram(
+            "pushflow_rebalance_duration_seconds", "Time from rebalance start to end.",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
+        )
+        self._start_known_labels()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def _start_known_labels(self) -> None:
+        """Closed label sets start at zero, so ratios read 0 instead of 'no data'."""
+        for explore in ("true", "false"):
+            self.intents.labels(explore=explore)
+        for clock in ("event", "processing"):
+            self.decision_latency.labels(clock=clock)

@@ -44,10 +44,12 @@ def run_worker(settings: Settings) -> None:
         stack.callback(follower.stop)
         log.info("worker %s starting; metrics on http://%s:%d/metrics",
                  settings.app_id, settings.web_host, settings.web_port)
-        faust.Worker(
+        faust_worker = faust.Worker(
             worker.app,
             loglevel=settings.log_level,
             override_logging=False,
             quiet=True,
             redirect_stdouts=False,
-        ).execute_from_commandline()
+        )
+        faust_worker.spinner = None  # it writes terminal codes into the (JSON) log stream
+        faust_worker.execute_from_commandline()

@@ -21,6 +21,9 @@ from typing import Any
 from streams.errors import ConfigError
 
 ENV_PREFIX = "PUSHFLOW_"
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class Secret:
@@ -111,16 +114,29 @@ class Settings:
     tick_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.sasl_password, str):
+            object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
+        object.__setattr__(self, "security_protocol", self.security_protocol.upper())
+        object.__setattr__(self, "sasl_mechanism", self.sasl_mechanism.upper())
+        object.__setattr__(self, "log_level", self.log_level.lower())
+        self._check_choice("security_protocol", PROTOCOLS)
+        self._check_choice("sasl_mechanism", SASL_MECHANISMS)
+        self._check_choice("log_level", LOG_LEVELS)
+        if "SASL" in self.security_protocol and not (self.sasl_username and self.sasl_password):
+            raise ConfigError(f"{self.security_protocol} needs sasl_username and sasl_password")
         self._check_range("threshold", 0.0, 1.0)
         self._check_range("holdout_share", 0.0, 1.0)
         self._check_range("explore_share", 0.0, 1.0)
         self._check_range("partitions", 1, 100_000)
         self._check_range("quiet_start_hour", 0, 23)
         self._check_range("quiet_end_hour", 0, 23)
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format must be 'text' or 'json', not {self.log_format!r}")
+        self._check_choice("log_format", ("text", "json"))
         if self.broker is not None and not self.broker.startswith("kafka://"):
             raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}")
 
     def _check_range(self, name: str, low: float, high: float) -> None:
         value = getattr(self, name)
@@ -160,7 +176,8 @@ class Settings:
         if "SASL" in self.security_protocol:
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username or ""
-            config["sasl.password"] = self.sasl_password.get() if self.sasl_password else ""
+            password = self.sasl_password
+            config["sasl.password"] = password.get() if isinstance(password, Secret) else ""
         if self.ssl_cafile:
             config["ssl.ca.location"] = self.ssl_cafile
         return config

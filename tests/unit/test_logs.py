@@ -1,0 +1,175 @@
+"""Log lines: one JSON object per line for shippers, levels set once, no secrets.
+
+``configure_logging`` changes process-wide state (the root logger), so every test here runs
+inside ``saved_logging``, which puts the root handlers and all logger levels back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from streams.errors import ConfigError
+from streams.logs import JsonFormatter, configure_logging
+from streams.settings import Settings
+
+PASSWORD = "s3cr3t-Pa55word-do-not-log"
+CHATTY = ("aiokafka", "faust.transport", "faust.tables.recovery")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@pytest.fixture(autouse=True)
+def saved_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in (*CHATTY, "pushflow")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+
+
+def record(message: str, *args: object, level: int = logging.INFO, exc_info: object = None,
+           name: str = "pushflow") -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, args, exc_info)  # type: ignore[arg-type]
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    """Split as a log shipper does: on \\n only (str.splitlines also splits on U+2028)."""
+    body = text.removesuffix("\n")
+    lines = [orjson.loads(line) for line in body.split("\n")] if body else []
+    assert all(isinstance(line, dict) for line in lines)
+    return lines
+
+
+# ----------------------------------------------------------------------------- JsonFormatter
+
+
+def test_a_json_line_has_ts_level_logger_and_message() -> None:
+    entry = record("partitions assigned: %d", 4, level=logging.WARNING, name="streams.app")
+    text = JsonFormatter().format(entry)
+    (line,) = json_lines(text)
+    assert set(line) == {"ts", "level", "logger", "message"}
+    assert (line["level"], line["logger"], line["message"]) == (
+        "warning", "streams.app", "partitions assigned: 4")
+    ts = datetime.fromisoformat(str(line["ts"]))
+    assert ts.tzinfo is not None and ts.utcoffset() == UTC.utcoffset(None)
+    assert abs(ts.timestamp() - entry.created) < 0.001
+
+
+def test_an_exception_stays_inside_one_line() -> None:
+    try:
+        raise ValueError('bad "input"\non two lines')
+    except ValueError:
+        entry = record("processing failed for %s", "user-events[3]@17", exc_info=sys.exc_info())
+    text = JsonFormatter().format(entry)
+    assert "\n" not in text
+    (line,) = json_lines(text)
+    assert line["message"] == "processing failed for user-events[3]@17"
+    assert str(line["exc"]).startswith("Traceback (most recent call last):")
+    assert 'ValueError: bad "input"\non two lines' in str(line["exc"])
+
+
+def test_any_message_text_gives_valid_json() -> None:
+    odd = 'quote " backslash \\ tab \t nul \x00 emoji \U0001f4e3 é \u2028 end'
+    raw = b"\xff\xfe"
+    (line,) = json_lines(JsonFormatter().format(record("%s|%r", odd, raw)))
+    assert line["message"] == f"{odd}|{raw!r}"
+
+
+def test_a_lone_surrogate_does_not_lose_the_line() -> None:
+    (line,) = json_lines(JsonFormatter().format(record("key %s", "user-\udcff")))
+    assert str(line["message"]).startswith("key user-")
+
+
+def test_structured_fields_reach_the_json_line() -> None:
+    logger = logging.getLogger("pushflow")
+    entry = logger.makeRecord("pushflow", logging.INFO, __file__, 1, "partitions assigned",
+                              (), None, extra={"event": "assigned", "partitions": [0, 3]})
+    (line,) = json_lines(JsonFormatter().format(entry))
+    assert line["event"] == "assigned" and line["partitions"] == [0, 3]
+
+
+# ------------------------------------------------------------------------- configure_logging
+
+
+@pytest.mark.parametrize("name", sorted(LEVELS))
+def test_configure_logging_sets_the_root_level_and_quiets_the_chatty(name: str) -> None:
+    configure_logging(name, "text")
+    assert logging.getLogger().level == LEVELS[name]
+    for chatty in CHATTY:
+        level = logging.getLogger(chatty).level
+        assert level >= logging.WARNING and level >= LEVELS[name], chatty
+
+
+def test_configure_logging_twice_keeps_one_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    configure_logging("info", "json")
+    logging.getLogger("pushflow").info("once")
+    assert [line["message"] for line in json_lines(capsys.readouterr().err)] == ["once"]
+
+
+def test_json_logging_writes_json_lines_to_stderr_at_the_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", "json")
+    log = logging.getLogger("pushflow")
+    log.debug("per-message detail")
+    log.info("worker %s ready", "w1")
+    logging.getLogger("aiokafka.consumer").info("heartbeat")  # quieted below warning
+    logging.getLogger("aiokafka.consumer").warning("coordinator dead")
+    try:
+        1 / 0  # noqa: B018 - an exception to log
+    except ZeroDivisionError:
+        log.exception("tick failed")
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = json_lines(out.err)
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("info", "worker w1 ready"), ("warning", "coordinator dead"), ("error", "tick failed")]
+    assert "ZeroDivisionError" in str(lines[-1]["exc"])
+
+
+def test_text_logging_is_one_readable_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("warning", "text")
+    logging.getLogger("pushflow").info("hidden")
+    logging.getLogger("pushflow").warning("dead letter %s", "invalid_json")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("WARNING pushflow: dead letter invalid_json")
+
+
+def test_an_unknown_log_level_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"PUSHFLOW_LOG_LEVEL": "verbose"})
+
+
+# -------------------------------------------------------------------------------- secrets
+
+
+def test_settings_logged_in_any_form_never_show_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = Settings.from_env({"PUSHFLOW_SECURITY_PROTOCOL": "SASL_SSL",
+                                  "PUSHFLOW_SASL_USERNAME": "svc",
+                                  "PUSHFLOW_SASL_PASSWORD": PASSWORD})
+    assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
+    configure_logging("debug", "json")
+    log = logging.getLogger("pushflow")
+    log.info("settings %s", settings)
+    log.info("settings %r", settings)
+    log.debug("password %s", settings.sasl_password)
+    try:
+        raise RuntimeError(f"cannot connect with {settings!r}")
+    except RuntimeError:
+        log.exception("start-up failed")
+    text = capsys.readouterr().err
+    assert len(json_lines(text)) == 4
+    assert PASSWORD not in text
+    assert "Secret('**********')" in text
