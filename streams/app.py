@@ -22,6 +22,7 @@ from faust.serializers import codecs
 from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streams.config import decider_config, fresh_model
 from streams.contracts import (
     ContractError,
     dead_letter,
@@ -34,8 +35,7 @@ from streams.evaluation import Prequential
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
 from streams.model import PushModel
-from streams.pipeline import Decider, DeciderConfig, StepOutput
-from streams.policy import PolicyConfig
+from streams.pipeline import Decider, StepOutput
 from streams.settings import Settings
 from streams.snapshots import ModelHolder
 
@@ -64,30 +64,6 @@ class UserStateValue:
     @classmethod
     def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
         return data
-
-
-def decider_config(settings: Settings) -> DeciderConfig:
-    """The pure core's configuration, taken from Settings once."""
-    policy = PolicyConfig(
-        threshold=settings.threshold,
-        daily_cap=settings.daily_cap,
-        min_gap_ms=settings.min_gap_s * 1000,
-        quiet_start_hour=settings.quiet_start_hour,
-        quiet_end_hour=settings.quiet_end_hour,
-        holdout_share=settings.holdout_share,
-        explore_share=settings.explore_share,
-        disable_weight=settings.disable_weight,
-        seed=settings.seed,
-    )
-    return DeciderConfig(
-        policy=policy,
-        attribution_window_ms=settings.attribution_window_s * 1000,
-        late_tolerance_ms=settings.late_tolerance_s * 1000,
-    )
-
-
-def fresh_model(settings: Settings) -> PushModel:
-    return PushModel(learning_rate=settings.learning_rate, seed=settings.seed)
 
 
 def faust_credentials(settings: Settings) -> Any:

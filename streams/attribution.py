@@ -33,6 +33,7 @@ class TrainingExample:
     user_id: str
     features: dict[str, float]
     p_open: float | None
+    p_disable: float | None
     model_version: int
     label: int
     disabled: int
@@ -48,6 +49,7 @@ def _resolve(state: UserState, label: PendingLabel, outcome: str, at_ms: int) ->
         user_id=state.user_id,
         features=label.features,
         p_open=label.p_open,
+        p_disable=label.p_disable,
         model_version=label.model_version,
         label=1 if outcome == OPENED else 0,
         disabled=1 if outcome == DISABLED else 0,

@@ -121,6 +121,18 @@ def topics_create(timeout: float, **flags: Any) -> None:
     log.info("topics ready: %s", ", ".join(sorted(specs)))
 
 
+def _register_offline_commands() -> None:
+    """Commands that need no broker: replay, convert (and evaluate, when present)."""
+    from streams.obd import convert_command
+    from streams.replay import replay_command
+
+    main.add_command(replay_command, "replay")
+    main.add_command(convert_command, "convert")
+
+
+_register_offline_commands()
+
+
 def _require_broker(settings: Settings) -> None:
     if settings.broker is None:
         raise click.UsageError("set --broker or PUSHFLOW_BROKER")

@@ -1,5 +1,8 @@
 """Prequential (test-then-train) evaluation of p_open over a rolling window of labels.
 
+AUC counts ties as half (Mann-Whitney), which matters early on, when a cold model gives many
+candidates the same score.
+
 Each labeled example carries the p_open that was used for its decision, before the model
 learned from it, so these figures are honest out-of-sample estimates.
 
@@ -17,9 +20,25 @@ import math
 from collections import deque
 from typing import Any
 
-from river import metrics
+import numpy as np
+from scipy.stats import rankdata
 
 EPS = 1e-7
+
+
+def exact_auc(p_open: Any, labels: Any) -> float:
+    """ROC AUC with ties counted as half (Mann-Whitney); NaN without both classes.
+
+    >>> exact_auc([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1])
+    0.875
+    """
+    y = np.asarray(labels, dtype=int)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    if not positives or not negatives:
+        return math.nan
+    ranks = rankdata(np.asarray(p_open, dtype=float))
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / positives / negatives)
+
 
 
 class Prequential:
@@ -37,11 +56,9 @@ class Prequential:
         self.window = window
         self.bins = bins
         self.n = 0
-        self._auc = metrics.RollingROCAUC(window_size=window)
         self._recent: deque[tuple[float, int]] = deque(maxlen=window)
 
     def update(self, p_open: float, label: int) -> None:
-        self._auc.update(bool(label), p_open)
         self._recent.append((p_open, label))
         self.n += 1
 
@@ -81,7 +98,7 @@ class Prequential:
         return {
             "n": self.n,
             "window": len(self._recent),
-            "rolling_auc": self._auc.get() if both else math.nan,
+            "rolling_auc": exact_auc(*zip(*self._recent, strict=True)) if both else math.nan,
             "log_loss": self.log_loss(),
             "calibration_error": self.calibration_error(),
             "base_rate": sum(labels) / len(labels) if labels else math.nan,

@@ -1,0 +1,578 @@
+"""Offline replay: the worker's pure core driven over a recorded JSONL log, on event time.
+
+Each line of the log is one input message in an envelope (``docs/replay.md``)::
+
+    {"topic": "user-events" | "notification-candidates", "key": "<user_id>", "value": {...},
+     "logged_action": "send" | "suppress", "logging_propensity": 0.2, "logged_reward": 0 | 1}
+
+The last three fields are optional and only meaningful on candidates: what the logging policy
+did, with which probability, and whether the push was opened. A bare message (no envelope) is
+accepted too, its type told by its fields. Lines are parsed by :mod:`streams.contracts` (bad
+ones are counted as dead letters by error code), stepped through :class:`Decider` exactly as
+the worker does, ticked on event time like the worker's timer, and every training example is
+learned right away by one trainer, scored prequentially before it is learned.
+
+>>> event = (b'{"topic": "user-events", "key": "u1", "value": {"event_id": "e1", "user_id": "u1",'
+...          b' "type": "app_open", "event_time_ms": 1767225600000, "tz": "UTC"}}')
+>>> report = replay([event, b"{oops"], DeciderConfig())
+>>> report.messages, report.dead_letters
+({'user-events': 1}, {'invalid_json': 1})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+import click
+import orjson
+
+from streams.attribution import TrainingExample
+from streams.contracts import (
+    DEFAULT_MAX_BYTES,
+    Candidate,
+    UserEvent,
+    parse_candidate,
+    parse_user_event,
+)
+from streams.errors import (
+    ContractError,
+    InvalidJSON,
+    NotAnObject,
+    ProcessingError,
+    PushflowError,
+    SchemaViolation,
+)
+from streams.evaluation import EPS, Prequential, exact_auc
+from streams.features import UserState
+from streams.model import PushModel
+from streams.offpolicy import Labeled, batch_baseline, ips_estimates
+from streams.pipeline import Decider, DeciderConfig, StepOutput
+
+EVENTS, CANDIDATES = "user-events", "notification-candidates"
+SEND, SUPPRESS, HOLD = "send", "suppress", "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedAction:
+    """What the logging policy did with one candidate, with its probability and the outcome."""
+
+    action: str
+    propensity: float
+    reward: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One log line: the raw message bytes as the worker would have read them."""
+
+    topic: str
+    key: bytes | None
+    raw: bytes
+    logged: LoggedAction | None = None
+    logging_error: str | None = None
+
+
+def read_record(line: bytes) -> LogRecord:
+    """An envelope or a bare message -> :class:`LogRecord`, or a ContractError.
+
+    >>> read_record(b'{"candidate_id": "c1", "user_id": "u1"}').topic
+    'notification-candidates'
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise NotAnObject(f"expected a JSON object, got {type(obj).__name__}")
+    if "topic" not in obj:
+        return LogRecord(_topic_by_fields(obj), _key(obj.get("user_id")), line)
+    topic, value = str(obj["topic"]), obj.get("value")
+    kind = CANDIDATES if topic.endswith(CANDIDATES) else EVENTS if topic.endswith(EVENTS) else None
+    if kind is None or not isinstance(value, dict | str):
+        raise SchemaViolation(f"envelope: unknown topic {topic!r} or value not an object/string")
+    raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
+    implied = value.get("user_id") if isinstance(value, dict) else None
+    key = obj.get("key", implied)
+    try:
+        logged = _logged(obj) if kind == CANDIDATES else None
+    except (TypeError, ValueError) as exc:
+        return LogRecord(kind, _key(key), raw, None, str(exc))
+    return LogRecord(kind, _key(key), raw, logged)
+
+
+def _topic_by_fields(obj: dict[str, Any]) -> str:
+    if "candidate_id" in obj:
+        return CANDIDATES
+    if "event_id" in obj or "type" in obj:
+        return EVENTS
+    raise SchemaViolation("bare message: no candidate_id, event_id or type to tell its topic")
+
+
+def _key(value: Any) -> bytes | None:
+    return value.encode() if isinstance(value, str) else None
+
+
+def _logged(obj: dict[str, Any]) -> LoggedAction | None:
+    if "logged_action" not in obj and "logging_propensity" not in obj:
+        return None
+    action, propensity = obj.get("logged_action"), float(obj.get("logging_propensity", "nan"))
+    reward = obj.get("logged_reward")
+    if action not in (SEND, SUPPRESS) or not 0.0 < propensity <= 1.0 or reward not in (None, 0, 1):
+        raise ValueError(f"bad logging fields: {action!r}, {propensity!r}, {reward!r}")
+    return LoggedAction(action, propensity, None if reward is None else int(reward))
+
+
+def parse_record(record: LogRecord, max_bytes: int = DEFAULT_MAX_BYTES) -> UserEvent | Candidate:
+    """The typed message of a record, through the same contracts as the worker."""
+    if record.topic == CANDIDATES:
+        return parse_candidate(record.raw, record.key, max_bytes)
+    return parse_user_event(record.raw, record.key, max_bytes)
+
+
+# --- the replay -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """How to replay: tick cadence (event time), limits, and the evaluation set-up.
+
+    >>> ReplayOptions(tick_interval_ms=60_000).snapshot_every  # score with the trainer itself
+    0
+    """
+
+    tick_interval_ms: int = 5_000
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+    snapshot_every: int = 0  # 0: score with the trainer itself; N: serve a copy every N examples
+    window: int = 100_000
+    baseline_share: float = 0.5
+    user_ttl_ms: int = 30 * 86_400_000  # forget idle users, as the worker's TTL sweep does
+
+
+@dataclass
+class ReplayReport:
+    """What a replay measured; ``to_dict`` is the ``--report-json`` content.
+
+    >>> print(ReplayReport(lines=3).format_table().splitlines()[0])
+    lines        3   users 0 (expired 0)   messages: -
+    """
+
+    lines: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    dead_letter_samples: list[dict[str, Any]] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    intents: int = 0
+    explore_intents: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    opens_captured: int = 0
+    unlogged_labels: int = 0
+    learned: int = 0
+    model_version: int = 0
+    users: int = 0
+    users_expired: int = 0
+    pending_at_end: int = 0
+    held_at_end: int = 0
+    prequential: dict[str, Any] = field(default_factory=dict)
+    p_disable_log_loss: float = math.nan
+    off_policy: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format_table(self) -> str:
+        """The figures as a plain-text table (NaN shown as ``-``)."""
+        return "\n".join(_report_lines(self))
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def _report_lines(r: ReplayReport) -> Iterator[str]:
+    p = r.prequential
+    yield f"lines        {r.lines}   users {r.users} (expired {r.users_expired})   " \
+          f"messages: {_counts(r.messages)}"
+    yield f"dead letters {_counts(r.dead_letters)}"
+    yield f"ignored      {_counts(r.ignored)}"
+    yield f"decisions    {_counts(r.decisions)}"
+    yield f"intents      {r.intents} (explore {r.explore_intents})   pending at end " \
+          f"{r.pending_at_end}   held at end {r.held_at_end}"
+    yield f"labels       {_counts(r.labels)}   opens captured {r.opens_captured}   " \
+          f"not in log {r.unlogged_labels}   model version {r.model_version}"
+    yield f"online model (prequential, last {p.get('window', 0)} labels): AUC " \
+          f"{_num(p.get('rolling_auc'))} (exact, all labels {_num(p.get('auc_all_labels'))})" \
+          f"  log loss {_num(p.get('log_loss'))}  ECE " \
+          f"{_num(p.get('calibration_error'))}  base rate {_num(p.get('base_rate'))}  " \
+          f"p_disable log loss {_num(r.p_disable_log_loss)}"
+    yield "  reliability: " + "  ".join(
+        f"[{b['low']:.1f}) n={b['n']} p={b['mean_p']:.3f} obs={b['open_rate']:.3f}"
+        for b in p.get("reliability", []))
+    yield from _baseline_lines(r.baseline or {})
+    yield from _off_policy_lines(r.off_policy)
+
+
+def _baseline_lines(b: dict[str, Any]) -> Iterator[str]:
+    if "skipped" in b or not b:
+        yield f"batch baseline: skipped ({b.get('skipped', 'no labels')})"
+        return
+    yield f"batch baseline: fit on {b['train']} labels, scored on the next {b['test']} " \
+          f"({b['features']} features, l2 {b['l2']:g} chosen on the newest training quarter)"
+    yield f"  {'model':<10} {'AUC':>8} {'log loss':>9} {'ECE':>8}"
+    for name in ("online", "batch_lr", "constant"):
+        f = b[name]
+        yield f"  {name:<10} {_num(f['auc']):>8} {_num(f['log_loss']):>9} {_num(f['ece']):>8}"
+
+
+def _off_policy_lines(o: dict[str, Any] | None) -> Iterator[str]:
+    if not o:
+        yield "off-policy: no logging propensities in the log"
+        return
+    def ci(name: str) -> str:
+        lo, hi = o[name + "_ci95"]
+        return f"{_num(o[name])} [{_num(lo)}, {_num(hi)}]"
+    yield f"off-policy ({o['n']} logged candidates, {o['logged_sends']} logged sends, " \
+          f"{o['logged_opens']} opens, ESS {o['effective_sample_size']:.0f})"
+    yield f"  logged open rate {_num(o['logged_open_rate'])}   replay send share " \
+          f"{_num(o['replay_send_share'])}   IPS send share {_num(o['ips_send_share'])}"
+    yield f"  IPS opens per candidate {ci('ips_opens_per_candidate')}"
+    rate = ci("ips_open_rate") if math.isfinite(o["ips_open_rate"]) else "n/a (sends-only log)"
+    yield f"  IPS open rate {rate}   SNIPS open rate {ci('snips_open_rate')}"
+
+
+class Replayer:
+    """Drives one :class:`Decider` over log lines as the worker would, and measures it.
+
+    Parameters
+    ----------
+    config
+        Policy and attribution settings (``decider_config(settings)``).
+    model
+        The model to start from; it learns every training example right away.
+    options
+        Tick cadence, limits and evaluation set-up.
+    sink
+        Called with every step's output (decisions, intents, examples), e.g. to write them.
+
+    Examples
+    --------
+    >>> r = Replayer(DeciderConfig(), PushModel(), ReplayOptions())
+    >>> r.feed(b'{"event_id": "e1", "user_id": "u1", "type": "like",'
+    ...        b' "event_time_ms": 1767225600000, "tz": "UTC"}')
+    >>> r.feed(b'{"candidate_id": "c1"}')  # a bare candidate without its required fields
+    >>> report = r.finish()
+    >>> report.users, report.dead_letters
+    (1, {'schema_violation': 1})
+    """
+
+    def __init__(
+        self,
+        config: DeciderConfig,
+        model: PushModel,
+        options: ReplayOptions,
+        sink: Callable[[StepOutput], None] | None = None,
+    ) -> None:
+        self.options, self.trainer, self.sink = options, model, sink
+        self.serving = model if options.snapshot_every <= 0 else model.clone()
+        self.decider = Decider(lambda: self.serving, config)
+        self.states: dict[str, UserState] = {}
+        self.due: set[str] = set()
+        self.watermark_ms = self.next_tick_ms = self.next_sweep_ms = 0
+        self.report = ReplayReport()
+        self.counts: dict[str, Counter[str]] = {
+            k: Counter() for k in ("msg", "dl", "ign", "dec", "lab")
+        }
+        self.prequential = Prequential(window=options.window)
+        self.disable_loss = [0.0, 0]
+        self.labeled: list[Labeled] = []
+        self.logged: dict[str, tuple[str, LoggedAction]] = {}  # intent id -> (candidate, logged)
+        self.p_send: dict[str, float] = {}
+        self.p_disable: dict[str, float | None] = {}
+        self.opened: set[str] = set()
+
+    def feed(self, line: bytes) -> None:
+        """One log line: parse, step its user, learn what resolved, tick if event time moved."""
+        self.report.lines += 1
+        if not line.strip():
+            return
+        try:
+            record = read_record(line)
+            message = parse_record(record, self.options.max_message_bytes)
+        except ContractError as exc:
+            return self._dead_letter(exc)
+        self.counts["msg"][record.topic] += 1
+        self.counts["ign"]["invalid_logging_fields"] += record.logging_error is not None
+        if record.logged is not None and isinstance(message, Candidate):
+            self.logged[message.intent_id] = (message.candidate_id, record.logged)
+        opened = isinstance(message, UserEvent) and message.type == "push_opened"
+        if opened and message.intent_id in self.logged:  # the reward of a logged send
+            self.opened.add(message.intent_id)
+        self._step(message)
+        if self.watermark_ms >= self.next_tick_ms:
+            self._tick()
+        if self.watermark_ms >= self.next_sweep_ms:
+            self._sweep()
+
+    def _step(self, message: UserEvent | Candidate) -> None:
+        state = self.states.get(message.user_id) or UserState(message.user_id)
+        try:
+            if isinstance(message, Candidate):
+                out = self.decider.on_candidate(state, message)
+            else:
+                out = self.decider.on_event(state, message)
+        except Exception as exc:  # a bug: dead-lettered and counted, as the worker does
+            return self._dead_letter(ProcessingError(f"{type(exc).__name__}: {exc}"))
+        self.states[message.user_id] = state
+        self._absorb(message.user_id, state, out)
+
+    def _tick(self) -> None:
+        """The worker's timer on event time: every user with pending labels or held pushes."""
+        for user_id in sorted(self.due):
+            state = self.states[user_id]
+            out = self.decider.on_tick(state, self.watermark_ms)
+            if out.decisions or out.intents or out.examples:  # else nothing changed: as the worker
+                self._absorb(user_id, state, out)
+        interval = max(1, self.options.tick_interval_ms)
+        self.next_tick_ms = self.watermark_ms - self.watermark_ms % interval + interval
+
+    def _sweep(self) -> None:
+        """The worker's TTL sweep (hourly in event time): idle users with nothing in flight."""
+        cutoff = self.watermark_ms - self.options.user_ttl_ms
+        idle = [u for u, s in self.states.items()
+                if s.watermark_ms < cutoff and not s.pending and not s.outbox]
+        for user_id in idle:
+            del self.states[user_id]
+        self.report.users_expired += len(idle)
+        self.next_sweep_ms = self.watermark_ms + 3_600_000
+
+    def _absorb(self, user_id: str, state: UserState, out: StepOutput) -> None:
+        self.watermark_ms = max(self.watermark_ms, state.watermark_ms)
+        (self.due.add if state.pending or state.outbox else self.due.discard)(user_id)
+        if out.ignored:
+            self.counts["ign"][out.ignored] += 1
+        if self.sink is not None:
+            self.sink(out)
+        for decision in out.decisions:
+            self._count_decision(decision)
+        self.report.intents += len(out.intents)
+        self.report.explore_intents += sum(1 for i in out.intents if i["explore"])
+        for example in out.examples:
+            self._learn(example)
+
+    def _count_decision(self, decision: dict[str, Any]) -> None:
+        self.counts["dec"][decision["reason"]] += 1
+        intent_id, action = decision["decision_id"], decision["action"]
+        if intent_id in self.logged and (
+            decision["reason"] != "duplicate" or intent_id not in self.p_send
+        ):
+            propensity = decision["propensity"]
+            self.p_send[intent_id] = propensity if action in (SEND, HOLD) else 1.0 - propensity
+        if action == SEND:
+            self.p_disable[intent_id] = decision["p_disable"]
+
+    def _learn(self, example: TrainingExample) -> None:
+        logged = self.logged.get(example.intent_id)
+        p_disable = self.p_disable.pop(example.intent_id, None)
+        if logged is not None and logged[1].action == SUPPRESS:
+            self.report.unlogged_labels += 1  # the log cannot know this outcome: not learned
+            return
+        self.counts["lab"][example.outcome] += 1
+        if example.p_open is not None:
+            self.prequential.update(example.p_open, example.label)
+            self.labeled.append(
+                Labeled(example.decided_at_ms, example.features, example.p_open, example.label)
+            )
+        if p_disable is not None:
+            p = min(max(p_disable, EPS), 1 - EPS)
+            self.disable_loss[0] -= math.log(p if example.disabled else 1 - p)
+            self.disable_loss[1] += 1
+        self.trainer.learn(example.features, opened=bool(example.label),
+                           disabled=bool(example.disabled))
+        every = self.options.snapshot_every
+        if every > 0 and self.trainer.version - self.serving.version >= every:
+            self.serving = self.trainer.clone()
+
+    def _dead_letter(self, error: ContractError) -> None:
+        self.counts["dl"][error.code] += 1
+        if len(self.report.dead_letter_samples) < 20:
+            self.report.dead_letter_samples.append(
+                {"line": self.report.lines, "error_code": error.code, "error": str(error)[:300]}
+            )
+
+    def finish(self) -> ReplayReport:
+        """The report of everything fed so far."""
+        r, c = self.report, self.counts
+        r.messages, r.dead_letters = dict(sorted(c["msg"].items())), dict(sorted(c["dl"].items()))
+        r.ignored = {k: v for k, v in sorted(c["ign"].items()) if v}
+        r.decisions, r.labels = dict(sorted(c["dec"].items())), dict(sorted(c["lab"].items()))
+        r.opens_captured, r.learned = c["lab"]["opened"], self.trainer.version
+        r.model_version, r.users = self.trainer.version, len(self.states)
+        r.pending_at_end = sum(len(s.pending) for s in self.states.values())
+        r.held_at_end = sum(len(s.outbox) for s in self.states.values())
+        r.prequential = self.prequential.report()
+        r.prequential["auc_all_labels"] = exact_auc([e.p_open for e in self.labeled],
+                                                    [e.label for e in self.labeled])
+        loss, n = self.disable_loss
+        r.p_disable_log_loss = loss / n if n else math.nan
+        r.off_policy = self._off_policy()
+        r.baseline = batch_baseline(self.labeled, self.options.baseline_share)
+        return r
+
+    def _off_policy(self) -> dict[str, Any] | None:
+        rows = [(lg.action == SEND, lg.propensity, _reward(lg, i, self.opened), self.p_send[i])
+                for i, (_, lg) in self.logged.items() if i in self.p_send]
+        return ips_estimates(*zip(*rows, strict=True)) if len(rows) > 1 else None
+
+
+def _reward(logged: LoggedAction, intent_id: str, opened: set[str]) -> int:
+    if logged.action != SEND:
+        return 0
+    return logged.reward if logged.reward is not None else int(intent_id in opened)
+
+
+def replay(
+    lines: Iterable[bytes],
+    config: DeciderConfig,
+    model_factory: Callable[[], PushModel] = PushModel,
+    options: ReplayOptions | None = None,
+    sink: Callable[[StepOutput], None] | None = None,
+) -> ReplayReport:
+    """Replay a JSONL log through the pure core and report model and policy figures."""
+    replayer = Replayer(config, model_factory(), options or ReplayOptions(), sink)
+    for line in lines:
+        replayer.feed(line)
+    return replayer.finish()
+
+
+# --- the command ------------------------------------------------------------------------
+
+_FLAGS: list[tuple[str, type, str]] = [
+    ("threshold", float, "Send when p_open - disable_weight * p_disable reaches this"),
+    ("daily_cap", int, "Sends per user in a rolling 24h"),
+    ("min_gap_s", int, "Minimum seconds between two sends to a user"),
+    ("quiet_start_hour", int, "Local hour quiet hours start (equal to the end: none)"),
+    ("quiet_end_hour", int, "Local hour quiet hours end"),
+    ("holdout_share", float, "Share of users in the holdout group"),
+    ("explore_share", float, "Share of below-threshold candidates sent to explore"),
+    ("disable_weight", float, "Weight of p_disable in the score"),
+    ("attribution_window_s", int, "Event-time seconds a push waits for its outcome"),
+    ("learning_rate", float, "SGD step of the online model"),
+    ("seed", int, "Seed of the policy's draws and the model"),
+    ("tick_interval_s", float, "Event-time seconds between ticks"),
+]
+
+
+def _setting_flags(fun: Callable[..., Any]) -> Callable[..., Any]:
+    for name, kind, help_text in reversed(_FLAGS):
+        fun = click.option("--" + name.replace("_", "-"), name, type=kind, help=help_text)(fun)
+    return fun
+
+
+@click.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full report here as JSON.")
+@click.option("--snapshot-every", type=int, default=0, show_default=True,
+              help="Score with a copy of the model refreshed every N examples (0: at once).")
+@click.option("--baseline-share", type=float, default=0.5, show_default=True,
+              help="Share of labeled examples (by decision time) the batch baseline fits on.")
+@click.option("--window", type=int, default=100_000, show_default=True,
+              help="Labels covered by the prequential figures.")
+@click.option("--decisions-out", type=click.File("wb"), default=None,
+              help="Write every replayed decision here as JSONL (to diff two policies).")
+@click.option("--policy", "policy_overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Set a PolicyConfig field that Settings does not carry (repeatable).")
+@click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
+@_setting_flags
+def replay_command(file: str, report_json: Path | None, snapshot_every: int,
+                   baseline_share: float, window: int, decisions_out: BinaryIO | None,
+                   policy_overrides: tuple[str, ...], progress: bool, **flags: Any) -> None:
+    """Replay a JSONL log of input messages through the decision core (see docs/replay.md)."""
+    from streams.config import decider_config, fresh_model
+    from streams.settings import Settings
+
+    try:
+        settings = Settings.from_env(os.environ, **flags)
+        config = with_policy_overrides(decider_config(settings), policy_overrides)
+    except (PushflowError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    options = ReplayOptions(int(settings.tick_interval_s * 1000), settings.max_message_bytes,
+                            snapshot_every, window, baseline_share, settings.user_ttl_s * 1000)
+    with click.open_file(file, "rb") as stream:
+        lines = _with_progress(stream, _size(file), progress)
+        report = replay(lines, config, lambda: fresh_model(settings), options,
+                        None if decisions_out is None else _decision_writer(decisions_out))
+    click.echo(report.format_table())
+    if report_json is not None:
+        report_json.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+def with_policy_overrides(config: DeciderConfig, overrides: Iterable[str]) -> DeciderConfig:
+    """``config`` with ``FIELD=VALUE`` policy overrides, typed like the field's default.
+
+    >>> with_policy_overrides(DeciderConfig(), ["daily_cap=9"]).policy.daily_cap
+    9
+    """
+    policy = config.policy
+    for override in overrides:
+        name, _, text = override.partition("=")
+        if name not in {f.name for f in dataclasses.fields(policy)}:
+            raise ValueError(f"--policy {override!r}: PolicyConfig has no field {name!r}")
+        kind = type(getattr(policy, name))
+        value = text.strip().lower() in ("1", "true", "yes", "on") if kind is bool else kind(text)
+        policy = dataclasses.replace(policy, **{name: value})
+    return dataclasses.replace(config, policy=policy)
+
+
+def _decision_writer(out: BinaryIO) -> Callable[[StepOutput], None]:
+    def write(step: StepOutput) -> None:
+        for decision in step.decisions:
+            out.write(orjson.dumps(decision) + b"\n")
+
+    return write
+
+
+def _size(file: str) -> int | None:
+    return None if file == "-" else os.path.getsize(file)
+
+
+def _with_progress(stream: IO[bytes], total: int | None, enabled: bool) -> Iterator[bytes]:
+    """The stream's lines, with tqdm if it is installed, else a plain stderr counter."""
+    if not enabled:
+        yield from stream
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        with tqdm(total=total, unit="B", unit_scale=True, desc="replay") as bar:
+            for line in stream:
+                bar.update(len(line))
+                yield line
+        return
+    done, last = 0, time.monotonic()
+    for n, line in enumerate(stream, 1):
+        done += len(line)
+        if time.monotonic() - last > 1.0:
+            last = time.monotonic()
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            print(f"\rreplay: {n} lines{share}", end="", file=sys.stderr, flush=True)
+        yield line
+    print(f"\rreplay: done{' ' * 20}", file=sys.stderr)
