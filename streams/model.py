@@ -31,16 +31,29 @@ from river import compose, linear_model, optim, preprocessing
 from streams.errors import IncompatibleSnapshot, SnapshotError
 
 # Bump when the model's structure or feature meaning changes: old snapshots are then refused.
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
+CLIP = 5.0  # standard deviations
 SNAPSHOT_MAGIC = b"PUSHFLOW-MODEL\n"
 
 
+def clip_scaled(x: dict[str, float]) -> dict[str, float]:
+    """Bound standardised values: a feature that was constant for a long time has a variance
+    near zero, and its first change would otherwise be scaled to thousands and saturate p.
+
+    >>> clip_scaled({"a": 1e6, "b": -0.5})
+    {'a': 5.0, 'b': -0.5}
+    """
+    return {k: min(CLIP, max(-CLIP, v)) for k, v in x.items()}
+
+
 def _logistic(learning_rate: float, l2: float, prior: float) -> compose.Pipeline:
-    """Scaled logistic regression whose intercept starts at the prior's log-odds."""
+    """Scaled, clipped logistic regression whose intercept starts at the prior's log-odds."""
     regression = linear_model.LogisticRegression(
         optimizer=optim.SGD(learning_rate), l2=l2, intercept_init=math.log(prior / (1 - prior))
     )
-    return compose.Pipeline(preprocessing.StandardScaler(), regression)
+    return compose.Pipeline(
+        preprocessing.StandardScaler(), compose.FuncTransformer(clip_scaled), regression
+    )
 
 
 class PushModel:

@@ -68,10 +68,20 @@ def test_it_learns_the_signal() -> None:
 
 def test_incompatible_snapshots_are_refused_before_unpickling() -> None:
     raw = trained(5).to_snapshot()
-    bumped = raw.replace(b'"format":1', b'"format":99', 1)
+    bumped = raw.replace(b'"format":2', b'"format":99', 1)
     with pytest.raises(IncompatibleSnapshot):
         PushModel.from_snapshot(bumped)
     with pytest.raises(SnapshotError):
         PushModel.from_snapshot(b"cos\nsystem\n(S'echo pwned'\ntR.")
     with pytest.raises(SnapshotError):
         PushModel.from_snapshot(SNAPSHOT_MAGIC + b"not json\n")
+
+
+def test_a_feature_constant_for_long_cannot_saturate_the_score() -> None:
+    model = PushModel()
+    for i in range(1000):
+        model.learn({"hour_opens": 0.0, "act_24h": float(i % 3)}, opened=i % 10 == 0,
+                    disabled=False)
+    model.learn({"hour_opens": 1.0, "act_24h": 1.0}, opened=True, disabled=False)
+    p = model.p_open({"hour_opens": 2.0, "act_24h": 1.0})
+    assert 0.001 < p < 0.9
