@@ -77,10 +77,16 @@ class UserState:
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def advance(self, at_ms: int) -> None:
-        """Move this user's event-time watermark; older input still lands in its bucket."""
+        """Move this user's event-time watermark; older input still lands in its bucket.
+
+        Pruning runs when the watermark enters a new 5-minute bucket (the finest window
+        grain); every reader also bounds by time, so nothing reads a stale entry.
+        """
         if at_ms > self.watermark_ms:
+            crossed = at_ms // MS_5MIN != self.watermark_ms // MS_5MIN
             self.watermark_ms = at_ms
-            self._prune()
+            if crossed:
+                self._prune()
 
     def _prune(self) -> None:
         for name, width, count in WINDOWS:
