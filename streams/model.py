@@ -31,7 +31,7 @@ from river import compose, linear_model, optim, preprocessing
 from streams.errors import IncompatibleSnapshot, SnapshotError
 
 # Bump when the model's structure or feature meaning changes: old snapshots are then refused.
-MODEL_FORMAT = 2
+MODEL_FORMAT = 3
 CLIP = 5.0  # standard deviations
 SNAPSHOT_MAGIC = b"PUSHFLOW-MODEL\n"
 
@@ -46,13 +46,29 @@ def clip_scaled(x: dict[str, float]) -> dict[str, float]:
     return {k: min(CLIP, max(-CLIP, v)) for k, v in x.items()}
 
 
+def numeric(x: dict[str, float]) -> dict[str, float]:
+    """The numeric features (scaled); indicators are named ``name=value``."""
+    return {k: v for k, v in x.items() if "=" not in k}
+
+
+def indicators(x: dict[str, float]) -> dict[str, float]:
+    """One-hot indicators such as ``kind=live_started``: passed through unscaled, because a
+    running scaler sees them only when present (always 1) and would map them to 0."""
+    return {k: v for k, v in x.items() if "=" in k}
+
+
 def _logistic(learning_rate: float, l2: float, prior: float) -> compose.Pipeline:
     """Scaled, clipped logistic regression whose intercept starts at the prior's log-odds."""
     regression = linear_model.LogisticRegression(
         optimizer=optim.SGD(learning_rate), l2=l2, intercept_init=math.log(prior / (1 - prior))
     )
+    scaled = compose.Pipeline(
+        compose.FuncTransformer(numeric),
+        preprocessing.StandardScaler(),
+        compose.FuncTransformer(clip_scaled),
+    )
     return compose.Pipeline(
-        preprocessing.StandardScaler(), compose.FuncTransformer(clip_scaled), regression
+        compose.TransformerUnion(scaled, compose.FuncTransformer(indicators)), regression
     )
 
 

@@ -68,7 +68,7 @@ def test_it_learns_the_signal() -> None:
 
 def test_incompatible_snapshots_are_refused_before_unpickling() -> None:
     raw = trained(5).to_snapshot()
-    bumped = raw.replace(b'"format":2', b'"format":99', 1)
+    bumped = raw.replace(b'"format":3', b'"format":99', 1)
     with pytest.raises(IncompatibleSnapshot):
         PushModel.from_snapshot(bumped)
     with pytest.raises(SnapshotError):
@@ -85,3 +85,14 @@ def test_a_feature_constant_for_long_cannot_saturate_the_score() -> None:
     model.learn({"hour_opens": 1.0, "act_24h": 1.0}, opened=True, disabled=False)
     p = model.p_open({"hour_opens": 2.0, "act_24h": 1.0})
     assert 0.001 < p < 0.9
+
+
+def test_indicator_features_are_learned() -> None:
+    """A one-hot kind that predicts opens must move p_open (a scaler would zero it)."""
+    model = PushModel()
+    for i in range(3000):
+        kind = "kind=comment_reply" if i % 2 else "kind=trending"
+        model.learn({"act_24h": 1.0, kind: 1.0}, opened=(i % 2 == 1) and i % 4 != 1,
+                    disabled=False)
+    assert model.p_open({"act_24h": 1.0, "kind=comment_reply": 1.0}) > 2 * model.p_open(
+        {"act_24h": 1.0, "kind=trending": 1.0})
