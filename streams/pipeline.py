@@ -30,25 +30,38 @@ from streams.features import (
     record_send,
 )
 from streams.model import PushModel
+from streams.outbox import (
+    due,
+    held_candidate,
+    held_decision,
+    hold_entry,
+    release_stop,
+    reschedule_after_quiet_hours,
+)
 from streams.policy import (
     HOLD,
     SEND,
     SUPPRESS,
     Decision,
     PolicyConfig,
+    ScoreAt,
     Scores,
     decide,
-    guardrail,
 )
+from streams.sendtime import slot_features
 
 OUTBOX_LIMIT = 16
 
 
 @dataclass(frozen=True, slots=True)
 class DeciderConfig:
+    """Policy and attribution settings of one :class:`Decider`; ``outbox_limit`` bounds the
+    pushes held per user (beyond it a new hold is suppressed as ``capped``)."""
+
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     attribution_window_ms: int = 3_600_000
     late_tolerance_ms: int = 7 * 86_400_000
+    outbox_limit: int = OUTBOX_LIMIT
 
 
 @dataclass(slots=True)
@@ -76,6 +89,22 @@ class Decider:
         newer snapshots between steps).
     config
         Policy and attribution settings.
+
+    Examples
+    --------
+    A candidate at 23:00 in Berlin is held until 08:00 local, then released by a tick:
+
+    >>> from streams.contracts import Candidate
+    >>> step = Decider(PushModel(), DeciderConfig(policy=PolicyConfig(holdout_share=0)))
+    >>> state = UserState("u1", tz="Europe/Berlin")
+    >>> night = 1_767_218_400_000  # 2025-12-31T22:00Z, 23:00 in Berlin
+    >>> out = step.on_candidate(state, Candidate("c1", "u1", "trending", "v1", night,
+    ...                                          night + 12 * 3_600_000))
+    >>> [(d["action"], d["reason"]) for d in out.decisions], list(state.outbox) != []
+    ([('hold', 'quiet_hours')], True)
+    >>> out = step.on_tick(state, night + 9 * 3_600_000)  # 07:00Z = 08:00 in Berlin
+    >>> [(d["action"], d["reason"]) for d in out.decisions], out.intents[0]["send_at_ms"]
+    ([('send', 'released')], 1767250800000)
     """
 
     def __init__(self, model: PushModel | Callable[[], PushModel], config: DeciderConfig) -> None:
@@ -112,32 +141,49 @@ class Decider:
         if candidate.tz:
             state.tz = candidate.tz
         out = self.on_tick(state, now)
+        model = self.model
         features = model_features(state, candidate, now)
-        scores = None if candidate.critical else self._score(features)
-        decision = decide(scores, state, candidate, now, self.config.policy)
+        scores = None if candidate.critical else self.score(candidate, features, now, model)
+        score_at = self._score_at(state, candidate, features, model)
+        decision = decide(scores, state, candidate, now, self.config.policy, score_at)
+        if decision.scores is None and scores is not None:  # holdout: logged, not used
+            decision = dataclasses.replace(decision, scores=scores)
         if decision.reason != "duplicate" or candidate.candidate_id not in state.decided:
             state.decided[candidate.candidate_id] = candidate.expires_at_ms
+        if decision.action == HOLD:
+            decision = self._hold(state, candidate, decision, now, out)
         out.decisions.append(_decision_record(candidate, decision, scores, now))
         if decision.action == SEND:
             out.intents.append(self._send(state, candidate, decision, scores, features, now))
-        elif decision.action == HOLD:
-            self._hold(state, candidate, decision, scores, features, now, out)
         return out
 
     def on_tick(self, state: UserState, now_ms: int) -> StepOutput:
         """Event time moved to ``now_ms``: expire labels and release held pushes that are due."""
         state.advance(now_ms)
         out = StepOutput(examples=expire_pending(state, now_ms))
-        for intent_id in sorted(state.outbox, key=lambda i: state.outbox[i]["send_at_ms"]):
-            if state.outbox[intent_id]["send_at_ms"] <= now_ms:
-                out.extend(self._release(state, intent_id, now_ms))
+        for intent_id in due(state, now_ms):
+            out.extend(self._release(state, intent_id, now_ms))
         return out
+
+    def score(
+        self, candidate: Candidate, features: dict[str, float], at_ms: int, model: PushModel
+    ) -> Scores:
+        """The model's scores of ``features`` (a send of ``candidate`` at ``at_ms``).
+
+        Evaluation harnesses override this to score with something else (an oracle).
+        """
+        return Scores(model.p_open(features), model.p_disable(features), model.version)
 
     # --- internals ------------------------------------------------------------------------
 
-    def _score(self, features: dict[str, float]) -> Scores:
-        model = self.model
-        return Scores(model.p_open(features), model.p_disable(features), model.version)
+    def _score_at(
+        self, state: UserState, candidate: Candidate, features: dict[str, float], model: PushModel
+    ) -> ScoreAt:
+        def score_at(at_ms: int) -> Scores:
+            at_features = slot_features(state, candidate, features, at_ms)
+            return self.score(candidate, at_features, at_ms, model)
+
+        return score_at
 
     def _send(
         self,
@@ -149,77 +195,70 @@ class Decider:
         send_at: int,
         decided_at: int | None = None,
     ) -> dict[str, Any]:
+        """Record the send and keep what learning needs: the features seen at send time."""
+        basis = decision.scores or scores
         record_send(state, send_at, candidate)
-        decided_at = send_at if decided_at is None else decided_at
         state.pending[candidate.intent_id] = PendingLabel(
             intent_id=candidate.intent_id,
             candidate_id=candidate.candidate_id,
             kind=candidate.kind,
             decided_at_ms=send_at,
             deadline_ms=send_at + self.config.attribution_window_ms,
-            p_open=None if scores is None else scores.p_open,
-            p_disable=None if scores is None else scores.p_disable,
-            model_version=self.model.version if scores is None else scores.model_version,
+            p_open=None if basis is None else basis.p_open,
+            p_disable=None if basis is None else basis.p_disable,
+            model_version=self.model.version if basis is None else basis.model_version,
             features=features,
         )
-        return _intent_record(candidate, decision, scores, decided_at, send_at)
+        decided_at = send_at if decided_at is None else decided_at
+        return _intent_record(candidate, decision, basis, decided_at, send_at)
 
     def _hold(
-        self,
-        state: UserState,
-        candidate: Candidate,
-        decision: Decision,
-        scores: Scores | None,
-        features: dict[str, float],
-        now: int,
-        out: StepOutput,
-    ) -> None:
-        if len(state.outbox) >= OUTBOX_LIMIT:
-            dropped = dataclasses.replace(decision, action=SUPPRESS, reason="capped")
-            out.decisions[-1] = _decision_record(candidate, dropped, scores, now)
-            return
-        state.outbox[candidate.intent_id] = {
-            "candidate": dataclasses.asdict(candidate),
-            "decision": dataclasses.asdict(decision),
-            "scores": None if scores is None else dataclasses.asdict(scores),
-            "features": features,
-            "decided_at_ms": now,
-            "send_at_ms": decision.send_at_ms,
-        }
+        self, state: UserState, candidate: Candidate, decision: Decision, now: int, out: StepOutput
+    ) -> Decision:
+        """Put the push in the outbox; the pushes it displaces are suppressed now."""
+        full = len(state.outbox) - len(decision.displaces) >= self.config.outbox_limit
+        if full and not candidate.critical:
+            return dataclasses.replace(
+                decision, action=SUPPRESS, reason="capped", explore=False, propensity=1.0,
+                send_at_ms=None, displaces=(),
+            )
+        for intent_id in decision.displaces:
+            out.extend(self._drop(state, intent_id, "min_gap", now))
+        state.outbox[candidate.intent_id] = hold_entry(candidate, decision, now)
+        return decision
+
+    def _drop(self, state: UserState, intent_id: str, reason: str, now: int) -> StepOutput:
+        held = state.outbox.pop(intent_id)
+        final = dataclasses.replace(
+            held_decision(held), action=SUPPRESS, reason=reason, propensity=1.0, send_at_ms=None
+        )
+        record = _decision_record(held_candidate(held), final, None, now)
+        return StepOutput(decisions=[record])
 
     def _release(self, state: UserState, intent_id: str, now: int) -> StepOutput:
-        held = state.outbox.pop(intent_id)
-        candidate = Candidate(**held["candidate"])
-        scores = None if held["scores"] is None else Scores(**held["scores"])
-        original = Decision(**held["decision"])
-        stop = _release_stop(state, candidate, now, self.config.policy)
-        out = StepOutput()
+        if intent_id not in state.outbox:  # displaced by a push released in this same tick
+            return StepOutput()
+        stop = release_stop(state, intent_id, now, self.config.policy)
+        if stop == "quiet_hours" and reschedule_after_quiet_hours(
+            state, intent_id, now, self.config.policy
+        ):
+            return StepOutput()
         if stop is not None:
-            final = dataclasses.replace(original, action=SUPPRESS, reason=stop, send_at_ms=None)
-            out.decisions.append(_decision_record(candidate, final, scores, now))
-            return out
+            return self._drop(state, intent_id, stop, now)
+        held = state.outbox.pop(intent_id)
+        candidate, original = held_candidate(held), held_decision(held)
         final = dataclasses.replace(original, action=SEND, reason="released", send_at_ms=now)
-        out.decisions.append(_decision_record(candidate, final, scores, held["decided_at_ms"]))
-        out.intents.append(
-            self._send(state, candidate, final, scores, held["features"], now, held["decided_at_ms"])
-        )
-        return out
-
-
-def _release_stop(
-    state: UserState, candidate: Candidate, now: int, policy: PolicyConfig
-) -> str | None:
-    if now > candidate.expires_at_ms:
-        return "expired"
-    if state.disabled and not candidate.critical:
-        return "user_disabled"
-    stop = guardrail(state, now, policy)
-    return None if stop == "quiet_hours" else stop
+        decided_at = held["decided_at_ms"]
+        features = model_features(state, candidate, now)
+        intent = self._send(state, candidate, final, None, features, now, decided_at)
+        record = _decision_record(candidate, final, None, decided_at)
+        return StepOutput(decisions=[record], intents=[intent])
 
 
 def _decision_record(
     candidate: Candidate, decision: Decision, scores: Scores | None, decided_at: int
 ) -> dict[str, Any]:
+    basis = decision.scores or scores
     return {
         "decision_id": candidate.intent_id,
         "candidate_id": candidate.candidate_id,
@@ -227,11 +266,11 @@ def _decision_record(
         "kind": candidate.kind,
         "action": decision.action,
         "reason": decision.reason,
-        "p_open": None if scores is None else scores.p_open,
-        "p_disable": None if scores is None else scores.p_disable,
+        "p_open": None if basis is None else basis.p_open,
+        "p_disable": None if basis is None else basis.p_disable,
         "score": decision.score,
         "threshold": decision.threshold,
-        "model_version": 0 if scores is None else scores.model_version,
+        "model_version": 0 if basis is None else basis.model_version,
         "explore": decision.explore,
         "propensity": decision.propensity,
         "holdout": decision.holdout,
@@ -243,7 +282,7 @@ def _decision_record(
 def _intent_record(
     candidate: Candidate,
     decision: Decision,
-    scores: Scores | None,
+    basis: Scores | None,
     decided_at: int,
     send_at: int,
 ) -> dict[str, Any]:
@@ -253,11 +292,11 @@ def _intent_record(
         "candidate_id": candidate.candidate_id,
         "content_id": candidate.content_id,
         "kind": candidate.kind,
-        "p_open": None if scores is None else scores.p_open,
-        "p_disable": None if scores is None else scores.p_disable,
+        "p_open": None if basis is None else basis.p_open,
+        "p_disable": None if basis is None else basis.p_disable,
         "score": decision.score,
         "threshold": decision.threshold,
-        "model_version": 0 if scores is None else scores.model_version,
+        "model_version": 0 if basis is None else basis.model_version,
         "explore": decision.explore,
         "propensity": decision.propensity,
         "send_at_ms": send_at,

@@ -3,9 +3,18 @@
 Checks run in a fixed order and the first that applies gives the reason, so "why did user U
 not get candidate C" is answered by one decision record:
 
-expired -> duplicate -> critical -> user_disabled -> duplicate content -> capped ->
-min_gap -> holdout baseline or threshold (above_threshold, explore, below_threshold) ->
-quiet_hours (a send in quiet hours is held until they end, or suppressed if it would expire).
+expired -> duplicate candidate -> duplicate content -> critical (bypasses model and caps) ->
+user_disabled -> holdout baseline -> score. A scored candidate goes out at the best *feasible
+slot*: now, or (send-time optimisation) the start of one of the user's better local hours
+before it expires. A slot is feasible when the rolling-24h cap, the minimum gap, quiet hours
+and the pushes already held for the user allow it. The best slot is compared with the
+threshold (moved by the optional volume controller); below it, a deterministic draw explores
+with probability ``explore_share``.
+
+``propensity`` is the probability that the policy takes the logged action given what it knew:
+for send and hold the probability of sending (1, or ``explore_share`` for an exploration), for
+suppress the probability of suppressing (1 when no draw could have sent it, else
+``1 - explore_share``). See ``docs/policy.md``.
 
 >>> from streams.contracts import Candidate
 >>> from streams.features import UserState
@@ -20,18 +29,51 @@ quiet_hours (a send in quiet hours is held until they end, or suppressed if it w
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
-from streams.contracts import Candidate, local_time
-from streams.features import MS_DAY, UserState, sends_in_last_day
+from streams.contracts import Candidate
+from streams.features import UserState, sends_in_last_day, smoothed_rate
+from streams.guardrails import (
+    blocked_at,
+    conflicts,
+    duplicate_content,
+    guardrail,
+    held_priority,
+    in_quiet_hours,
+    quiet_hours_end,
+)
+from streams.sendtime import best_hour_slots, profile_events
 
+__all__ = [
+    "HOLD", "SEND", "SUPPRESS", "Decision", "PolicyConfig", "ScoreAt", "Scores", "decide",
+    "dismiss_penalty", "effective_threshold", "guardrail", "held_priority", "in_holdout",
+    "in_quiet_hours", "quiet_hours_end", "send_score", "unit_hash",
+]
 SEND, HOLD, SUPPRESS = "send", "hold", "suppress"
+DISMISS_PRIOR = (1.0, 4.0)  # the prior of the dismiss_rate feature (features.model_features)
+_DISMISS_MEAN = DISMISS_PRIOR[0] / sum(DISMISS_PRIOR)
+ScoreAt = Callable[[int], "Scores"]
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """Policy knobs; built from Settings by the worker, passed explicitly to :func:`decide`."""
+    """Policy knobs; built from Settings by the worker, passed explicitly to :func:`decide`.
+
+    ``send_time``: hold a candidate for the user's best local hour (needs
+    ``send_time_min_events`` events in the activity profile, looks ``send_time_max_hold_ms``
+    ahead at most, scores the ``send_time_slots`` best-ranked hours, and holds only for a gain
+    of at least ``send_time_min_gain`` in send score). ``volume_target`` > 0 turns on the
+    per-user volume controller (:func:`effective_threshold`). ``dismiss_weight`` lowers the
+    send score of users whose dismiss rate exceeds the prior mean (:func:`dismiss_penalty`).
+
+    Examples
+    --------
+    >>> from dataclasses import replace
+    >>> replace(PolicyConfig(), send_time=False, volume_target=1.5).volume_gain
+    0.1
+    """
 
     threshold: float = 0.08
     daily_cap: int = 5
@@ -42,6 +84,15 @@ class PolicyConfig:
     explore_share: float = 0.05
     disable_weight: float = 1.0
     seed: int = 42
+    dismiss_weight: float = 0.1
+    critical_in_quiet_hours: bool = False
+    send_time: bool = True
+    send_time_min_events: int = 50
+    send_time_max_hold_ms: int = 12 * 3_600_000
+    send_time_slots: int = 4
+    send_time_min_gain: float = 0.01
+    volume_target: float = 0.0
+    volume_gain: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +106,12 @@ class Scores:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome for one candidate, with the reason and what the policy knew."""
+    """The outcome for one candidate, with the reason and what the policy knew.
+
+    ``scores`` are what the decision was based on (for a held push, the model's scores of
+    its send time); ``displaces`` lists held intents whose slot this decision takes (they are
+    suppressed).
+    """
 
     action: str
     reason: str
@@ -65,6 +121,21 @@ class Decision:
     propensity: float
     holdout: bool
     send_at_ms: int | None
+    scores: Scores | None = None
+    displaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    at_ms: int
+    scores: Scores
+    value: float
+    displaces: tuple[str, ...] = field(default=())
+    lost: float = 0.0
+
+    @property
+    def net(self) -> float:
+        return self.value - self.lost
 
 
 def unit_hash(*parts: str) -> float:
@@ -81,47 +152,39 @@ def in_holdout(user_id: str, share: float) -> bool:
     return unit_hash("holdout", user_id) < share
 
 
-def in_quiet_hours(at_ms: int, tz: str, start_hour: int, end_hour: int) -> bool:
-    """Whether the user's local hour falls in [start, end), wrapping midnight.
+def send_score(scores: Scores, state: UserState, config: PolicyConfig) -> float:
+    """p_open weighed against p_disable, lowered for users who keep dismissing.
 
-    >>> in_quiet_hours(0, "UTC", 22, 8), in_quiet_hours(12 * 3_600_000, "UTC", 22, 8)
-    (True, False)
+    >>> s = UserState("u1")
+    >>> s.sent, s.dismissed = 20, 20
+    >>> round(send_score(Scores(0.3, 0.01, 1), s, PolicyConfig(dismiss_weight=0.2)), 3)
+    0.162
     """
-    hour = local_time(at_ms, tz).hour
-    if start_hour == end_hour:
-        return False
-    if start_hour < end_hour:
-        return start_hour <= hour < end_hour
-    return hour >= start_hour or hour < end_hour
+    return scores.p_open - config.disable_weight * scores.p_disable - dismiss_penalty(state, config)
 
 
-def quiet_hours_end(at_ms: int, tz: str, end_hour: int) -> int:
-    """Event time of the next local ``end_hour``:00 after ``at_ms`` (DST-aware).
+def dismiss_penalty(state: UserState, config: PolicyConfig) -> float:
+    """``dismiss_weight`` times the user's dismiss rate above the prior mean (0 for new users)."""
+    rate = smoothed_rate(state.dismissed, state.sent, DISMISS_PRIOR)
+    return config.dismiss_weight * max(0.0, rate - _DISMISS_MEAN)
 
-    >>> quiet_hours_end(0, "UTC", 8)  # 1970-01-01T08:00Z
-    28800000
+
+def effective_threshold(state: UserState, now_ms: int, config: PolicyConfig) -> float:
+    """The threshold after volume control, for one more push to this user now.
+
+    The user's pushes in the last 24h (held ones included), plus this one, against the
+    target: each push above it raises the threshold by ``volume_gain``, each below lowers it.
+
+    >>> s = UserState("u1")
+    >>> s.recent_sends_ms = [0, 1, 2]
+    >>> effective_threshold(s, 10, PolicyConfig(threshold=0.1, volume_target=2, volume_gain=0.05))
+    0.2
     """
-    local = local_time(at_ms, tz)
-    target = local.replace(hour=end_hour, minute=0, second=0, microsecond=0)
-    if target <= local:
-        naive = target.replace(tzinfo=None) + timedelta(days=1)
-        target = naive.replace(tzinfo=local.tzinfo)
-    return _epoch_ms(target)
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def guardrail(state: UserState, now_ms: int, config: PolicyConfig) -> str | None:
-    """The first of capped / min_gap / quiet_hours that stops a send now, or None."""
-    if sends_in_last_day(state, now_ms) >= config.daily_cap:
-        return "capped"
-    if state.last_send_ms is not None and now_ms - state.last_send_ms < config.min_gap_ms:
-        return "min_gap"
-    if in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour):
-        return "quiet_hours"
-    return None
+    if config.volume_target <= 0:
+        return config.threshold
+    held = sum(1 for entry in state.outbox.values() if not entry["candidate"].get("critical"))
+    excess = sends_in_last_day(state, now_ms) + held + 1 - config.volume_target
+    return min(1.0, max(0.0, config.threshold + config.volume_gain * excess))
 
 
 def decide(
@@ -130,87 +193,202 @@ def decide(
     candidate: Candidate,
     now_ms: int,
     config: PolicyConfig,
+    score_at: ScoreAt | None = None,
 ) -> Decision:
-    """Decide whether ``candidate`` goes out now, later, or not at all."""
+    """Decide whether ``candidate`` goes out now, later, or not at all.
+
+    ``score_at(t)`` gives the model's scores for a send at ``t``; without it (or with
+    ``send_time`` off) only now, or the end of quiet hours, are considered.
+    """
     holdout = in_holdout(candidate.user_id, config.holdout_share)
     early = _hard_stop(state, candidate, now_ms, holdout, config)
     if early is not None:
         return early
-    stop = guardrail(state, now_ms, config)
-    if stop in ("capped", "min_gap"):
-        return _decision(SUPPRESS, stop, None, config, holdout=holdout)
+    if candidate.critical:
+        return _critical(state, candidate, now_ms, holdout, config)
     if holdout:
-        wanted = _decision(SEND, "holdout_send", None, config, holdout=True, send_at=now_ms)
-    else:
-        wanted = _by_score(scores, candidate, now_ms, config)
-    if wanted.action == SEND and stop == "quiet_hours":
-        return _hold_for_quiet_hours(wanted, state, candidate, now_ms, config)
-    return wanted
+        return _baseline(state, candidate, now_ms, config)
+    if scores is None:
+        raise ValueError("a non-critical, non-holdout decision needs model scores")
+    return _by_score(scores, state, candidate, now_ms, config, score_at)
 
 
 def _hard_stop(
     state: UserState, candidate: Candidate, now_ms: int, holdout: bool, config: PolicyConfig
 ) -> Decision | None:
     if now_ms > candidate.expires_at_ms:
-        return _decision(SUPPRESS, "expired", None, config, holdout=holdout)
+        return _decision(SUPPRESS, "expired", config, holdout=holdout)
     if candidate.candidate_id in state.decided:
-        return _decision(SUPPRESS, "duplicate", None, config, holdout=holdout)
-    if candidate.critical:
-        return _decision(SEND, "critical", None, config, holdout=holdout, send_at=now_ms)
-    if state.disabled:
-        return _decision(SUPPRESS, "user_disabled", None, config, holdout=holdout)
-    sent_at = state.recent_content.get(candidate.content_id)
-    if sent_at is not None and now_ms - sent_at < MS_DAY:
-        return _decision(SUPPRESS, "duplicate", None, config, holdout=holdout)
+        return _decision(SUPPRESS, "duplicate", config, holdout=holdout)
+    if duplicate_content(state, candidate, now_ms):
+        return _decision(SUPPRESS, "duplicate", config, holdout=holdout)
+    if state.disabled and not candidate.critical:
+        return _decision(SUPPRESS, "user_disabled", config, holdout=holdout)
     return None
 
 
-def _hold_for_quiet_hours(
-    wanted: Decision, state: UserState, candidate: Candidate, now_ms: int, config: PolicyConfig
+def _critical(
+    state: UserState, candidate: Candidate, now_ms: int, holdout: bool, config: PolicyConfig
 ) -> Decision:
-    """A send that falls in quiet hours waits for their end, unless it expires first."""
+    """Transactional: no model, no caps; quiet hours only unless they are allowed."""
+    quiet = in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour)
+    if not quiet or config.critical_in_quiet_hours:
+        return _decision(SEND, "critical", config, holdout=holdout, send_at=now_ms)
     send_at = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
     if send_at > candidate.expires_at_ms:
-        return replace(wanted, action=SUPPRESS, reason="quiet_hours", send_at_ms=None)
-    return replace(wanted, action=HOLD, reason="quiet_hours", send_at_ms=send_at)
+        return _decision(SUPPRESS, "quiet_hours", config, holdout=holdout)
+    return _decision(HOLD, "quiet_hours", config, holdout=holdout, send_at=send_at)
+
+
+def _baseline(
+    state: UserState, candidate: Candidate, now_ms: int, config: PolicyConfig
+) -> Decision:
+    """The holdout group's non-model policy: send whatever the guardrails allow."""
+    slot = _first_slot(state, candidate, now_ms, -math.inf, config)
+    if slot is None:
+        reason = blocked_at(state, now_ms, -math.inf, config) or "min_gap"
+        return _decision(SUPPRESS, reason, config, holdout=True)
+    if slot == now_ms:
+        return _decision(SEND, "holdout_send", config, holdout=True, send_at=now_ms)
+    return _decision(HOLD, "quiet_hours", config, holdout=True, send_at=slot)
+
+
+def _first_slot(
+    state: UserState, candidate: Candidate, now_ms: int, value: float, config: PolicyConfig
+) -> int | None:
+    """Now, or the end of quiet hours if only they stand in the way; None if neither works."""
+    stop = blocked_at(state, now_ms, value, config)
+    if stop is None:
+        return now_ms
+    if stop != "quiet_hours":
+        return None
+    later = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
+    if later > candidate.expires_at_ms or blocked_at(state, later, value, config) is not None:
+        return None
+    return later
 
 
 def _by_score(
-    scores: Scores | None, candidate: Candidate, now_ms: int, config: PolicyConfig
+    scores: Scores,
+    state: UserState,
+    candidate: Candidate,
+    now_ms: int,
+    config: PolicyConfig,
+    score_at: ScoreAt | None,
 ) -> Decision:
-    if scores is None:
-        raise ValueError("a non-critical, non-holdout decision needs model scores")
-    score = scores.p_open - config.disable_weight * scores.p_disable
-    if score >= config.threshold:
-        return _decision(SEND, "above_threshold", score, config, send_at=now_ms)
-    if unit_hash("explore", str(config.seed), candidate.candidate_id) < config.explore_share:
-        return _decision(
-            SEND, "explore", score, config, explore=True, propensity=config.explore_share,
-            send_at=now_ms,
-        )
-    return _decision(
-        SUPPRESS, "below_threshold", score, config, propensity=1.0 - config.explore_share
+    threshold = effective_threshold(state, now_ms, config)
+    planned = _uses_send_time(state, config, score_at)
+    slots = _slots(scores, state, candidate, now_ms, config, score_at if planned else None)
+    eligible = [slot for slot in slots if slot.value >= threshold]
+    best = _best(eligible, now_ms, config.send_time_min_gain)
+    if best is not None:
+        return _exploit(best, now_ms, threshold, planned)
+    return _explore_or_suppress(scores, state, candidate, now_ms, config, threshold, slots)
+
+
+def _uses_send_time(state: UserState, config: PolicyConfig, score_at: ScoreAt | None) -> bool:
+    return (
+        config.send_time
+        and score_at is not None
+        and profile_events(state) >= config.send_time_min_events
+    )
+
+
+def _slots(
+    scores: Scores,
+    state: UserState,
+    candidate: Candidate,
+    now_ms: int,
+    config: PolicyConfig,
+    score_at: ScoreAt | None,
+) -> list[_Slot]:
+    """Every feasible send time considered, with its scores; now first when feasible."""
+    now_value = send_score(scores, state, config)
+    if score_at is None:
+        at = _first_slot(state, candidate, now_ms, now_value, config)
+        return [] if at is None else [_slot(state, at, scores, now_value, config)]
+    horizon = min(candidate.expires_at_ms, now_ms + config.send_time_max_hold_ms)
+    times = [now_ms, *best_hour_slots(state, now_ms, horizon, config.send_time_slots)]
+    found = []
+    for at in times:
+        at_scores = scores if at == now_ms else score_at(at)
+        value = send_score(at_scores, state, config)
+        slot = _slot(state, at, at_scores, value, config)
+        if blocked_at(state, at, value, config) is None and (slot.net > 0 or not slot.displaces):
+            found.append(slot)
+    return found
+
+
+def _slot(state: UserState, at: int, scores: Scores, value: float, config: PolicyConfig) -> _Slot:
+    displaced = conflicts(state, at, value, config) or ()
+    lost = sum(max(0.0, held_priority(state.outbox[i])) for i in displaced)
+    return _Slot(at, scores, value, displaced, lost)
+
+
+def _best(slots: list[_Slot], now_ms: int, min_gain: float) -> _Slot | None:
+    """The slot worth most net of what it displaces; now unless later gains ``min_gain``."""
+    if not slots:
+        return None
+    best = max(slots, key=lambda slot: (slot.net, -slot.at_ms))
+    now = slots[0] if slots[0].at_ms == now_ms else None
+    if now is not None and best.net < now.net + min_gain:
+        return now
+    return best
+
+
+def _exploit(best: _Slot, now_ms: int, threshold: float, planned: bool) -> Decision:
+    if best.at_ms == now_ms:
+        action, reason = SEND, "above_threshold"
+    else:
+        action, reason = HOLD, "held_for_send_time" if planned else "quiet_hours"
+    return Decision(
+        action, reason, best.value, threshold, explore=False, propensity=1.0, holdout=False,
+        send_at_ms=best.at_ms, scores=best.scores, displaces=best.displaces,
+    )
+
+
+def _explore_or_suppress(
+    scores: Scores,
+    state: UserState,
+    candidate: Candidate,
+    now_ms: int,
+    config: PolicyConfig,
+    threshold: float,
+    slots: list[_Slot],
+) -> Decision:
+    """Below the threshold everywhere: explore at the first free slot, or suppress."""
+    value = send_score(scores, state, config)
+    base = Decision(SUPPRESS, "below_threshold", value, threshold, False, 1.0, False, None, scores)
+    if not slots:
+        return replace(base, reason=blocked_at(state, now_ms, value, config) or "min_gap")
+    at = _first_slot(state, candidate, now_ms, -math.inf, config)  # never displaces
+    if at is None:
+        return base
+    if unit_hash("explore", str(config.seed), candidate.candidate_id) >= config.explore_share:
+        return replace(base, propensity=1.0 - config.explore_share)
+    action, reason = (SEND, "explore") if at == now_ms else (HOLD, "quiet_hours")
+    return replace(
+        base, action=action, reason=reason, explore=True, propensity=config.explore_share,
+        send_at_ms=at,
     )
 
 
 def _decision(
     action: str,
     reason: str,
-    score: float | None,
     config: PolicyConfig,
     *,
     holdout: bool = False,
-    explore: bool = False,
-    propensity: float = 1.0,
     send_at: int | None = None,
 ) -> Decision:
+    """A decision without a score (guardrails, critical, holdout): always deterministic."""
     return Decision(
         action=action,
         reason=reason,
-        score=score,
+        score=None,
         threshold=config.threshold,
-        explore=explore,
-        propensity=propensity,
+        explore=False,
+        propensity=1.0,
         holdout=holdout,
         send_at_ms=send_at,
     )

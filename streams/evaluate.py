@@ -1,0 +1,329 @@
+"""``pushflow evaluate``: decision policies compared on one simulated population, in-process.
+
+Each policy runs the same seeded :class:`~streams.simulator.Population` through
+:class:`~streams.pipeline.Decider` as the worker would, without a broker: event time advances
+in small steps, every message goes to its user's state, intents are delivered back to the
+population (which answers with opens, dismissals and disables drawn from its hidden truth),
+users with pending labels or held pushes are ticked, and resolved labels train one
+:class:`~streams.model.PushModel` whose snapshot the scorer picks up every ``snapshot_every``
+examples. The first ``warmup_days`` are for learning; pushes sent after them are measured.
+
+Policies: ``send-everything`` (the holdout baseline for everyone: every candidate the
+guardrails allow), ``fixed-threshold`` (model score against a fixed threshold, no send-time
+optimisation, no volume control), ``full`` (the production policy), and three whose threshold
+is steered so that their volume equals the full policy's: ``random`` (a random score),
+``oracle`` (the population's true p_open when the candidate arrives) and ``oracle-sto`` (the
+true p_open of every send time the full policy considers, with its send-time optimisation).
+``full-volume`` (on request) is the full policy with its volume controller on. All keep the
+guardrails; the holdout group is off in every policy so each is measured on everyone.
+
+>>> options = EvalOptions(users=30, days=1.0, warmup_days=0.5, jobs=1)
+>>> report = evaluate(options, ["send-everything"])
+>>> sorted(report["policies"]["send-everything"])[:4]
+['disables', 'dismissals', 'opens', 'opens_per_push']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from streams.contracts import Candidate, UserEvent
+from streams.evaluation import Prequential
+from streams.features import UserState
+from streams.model import PushModel
+from streams.pipeline import Decider, DeciderConfig, StepOutput
+from streams.policy import PolicyConfig, Scores, unit_hash
+from streams.settings import Settings
+from streams.simulator import CANDIDATES, DAY_MS, Population, sigmoid
+
+POLICIES = ("send-everything", "random", "fixed-threshold", "full", "oracle", "oracle-sto")
+CHOICES = (*POLICIES, "full-volume")
+MATCHED = ("random", "oracle", "oracle-sto")  # steered to the full policy's volume
+TRUTH = ("oracle", "oracle-sto")
+START_MS = 1_772_582_400_000  # 2026-03-04T00:00Z: the run crosses the US change to DST
+_CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
+
+
+@dataclass(frozen=True, slots=True)
+class EvalOptions:
+    """How big and how long the simulated world is; same options, same numbers."""
+
+    users: int = 1000
+    days: float = 6.0
+    warmup_days: float = 3.0
+    seed: int = 7
+    step_ms: int = 5 * 60_000
+    snapshot_every: int = 200
+    start_ms: int = START_MS
+    threshold: float = PolicyConfig().threshold
+    volume_target: float = 1.0
+    matching_gain: float = 4.0
+    jobs: int = 2
+
+
+QUICK = EvalOptions(users=400, days=4.0, warmup_days=2.0)
+
+
+def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
+    """The PolicyConfig each named policy runs with (holdout off everywhere)."""
+    full = PolicyConfig(holdout_share=0.0, threshold=options.threshold)
+    if name == "full":
+        return full
+    if name == "full-volume":
+        return dataclasses.replace(full, volume_target=options.volume_target)
+    if name == "oracle-sto":
+        return dataclasses.replace(full, explore_share=0.0, dismiss_weight=0.0, disable_weight=0.0)
+    if name == "send-everything":
+        return dataclasses.replace(full, holdout_share=1.0)
+    if name == "fixed-threshold":
+        return dataclasses.replace(full, send_time=False, volume_target=0.0, dismiss_weight=0.0)
+    if name in ("random", "oracle"):
+        return dataclasses.replace(
+            full, send_time=False, volume_target=0.0, dismiss_weight=0.0, disable_weight=0.0,
+            explore_share=0.0,
+        )
+    raise ValueError(f"unknown policy {name!r}")
+
+
+class _ScoredBy(Decider):
+    """A Decider whose score is not the model's: a random draw or the hidden truth."""
+
+    def __init__(self, config: DeciderConfig, population: Population, truth: bool) -> None:
+        super().__init__(PushModel(), config)
+        self.population = population
+        self.truth = truth
+
+    def score(
+        self, candidate: Candidate, features: dict[str, float], at_ms: int, model: PushModel
+    ) -> Scores:
+        if self.truth:
+            p_open = self.population.true_p_open(candidate.user_id, candidate.kind, at_ms)
+        else:
+            p_open = unit_hash("random", candidate.candidate_id)
+        return Scores(p_open, 0.0, 0)
+
+
+class _VolumeMatcher:
+    """Steers a threshold so cumulative pushes track ``target`` per user per day.
+
+    An integral controller on the logit of the threshold; one process sees every user here,
+    so a global controller is fine for the evaluation (the worker's is per user, see
+    ``docs/policy.md``).
+    """
+
+    def __init__(self, target: float, users: int, start_ms: int, gain: float) -> None:
+        self.target, self.users, self.start_ms, self.gain = target, users, start_ms, gain
+        self.sent = 0
+
+    def threshold(self, now_ms: int) -> float:
+        expected = self.target * self.users * (now_ms - self.start_ms) / DAY_MS
+        return sigmoid(self.gain * (self.sent - expected) / self.users)
+
+
+class _Run:
+    """One policy over the whole simulated period."""
+
+    def __init__(self, name: str, options: EvalOptions, target: float | None) -> None:
+        self.name, self.options = name, options
+        self.population = Population(options.seed, options.users, options.start_ms)
+        self.trainer = PushModel(seed=options.seed)
+        self.serving = self.trainer.clone()
+        config = DeciderConfig(policy=policy_config(name, options))
+        if name in MATCHED:
+            self.decider: Decider = _ScoredBy(config, self.population, name in TRUTH)
+        else:
+            self.decider = Decider(lambda: self.serving, config)
+        self.matcher = None if target is None else _VolumeMatcher(
+            target, options.users, options.start_ms, options.matching_gain)
+        self.learns = name in ("fixed-threshold", "full", "full-volume")
+        self.states: dict[str, UserState] = {}
+        self.sent_at: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.prequential = Prequential(window=5000)
+        self.measure_from = options.start_ms + int(options.warmup_days * DAY_MS)
+        self.measure_until = options.start_ms + int(options.days * DAY_MS) - 3_600_000
+
+    def run(self) -> dict[str, Any]:
+        started, now = time.perf_counter(), self.options.start_ms
+        end = self.options.start_ms + int(self.options.days * DAY_MS)
+        while now < end:
+            now = min(end, now + self.options.step_ms)
+            self._steer(now)
+            for topic, message in self.population.advance(now):
+                self._absorb(now, self._feed(topic, message))
+            for state in list(self.states.values()):
+                if state.pending or state.outbox:
+                    self._absorb(now, self.decider.on_tick(state, now))
+        return self._report(time.perf_counter() - started)
+
+    def _steer(self, now: int) -> None:
+        if self.matcher is not None:
+            policy = dataclasses.replace(
+                self.decider.config.policy, threshold=self.matcher.threshold(now))
+            self.decider.config = dataclasses.replace(self.decider.config, policy=policy)
+
+    def _feed(self, topic: str, message: dict[str, Any]) -> StepOutput:
+        user_id = message["user_id"]
+        state = self.states.get(user_id) or self.states.setdefault(user_id, UserState(user_id))
+        if topic == CANDIDATES:
+            candidate = Candidate(**{k: message[k] for k in _CANDIDATE_FIELDS if k in message})
+            return self.decider.on_candidate(state, candidate)
+        event = UserEvent(message["event_id"], user_id, message["type"],
+                          message["event_time_ms"], message["tz"], message.get("intent_id"))
+        self._count_feedback(event)
+        return self.decider.on_event(state, event)
+
+    def _count_feedback(self, event: UserEvent) -> None:
+        sent_at = self.sent_at.get(event.intent_id or "")
+        if sent_at is not None and self.measure_from <= sent_at < self.measure_until:
+            self.counts[event.type] += 1
+
+    def _absorb(self, now: int, out: StepOutput) -> None:
+        measuring = self.measure_from <= now < self.measure_until
+        for decision in out.decisions:
+            self.reasons[decision["reason"]] += measuring
+        for intent in out.intents:
+            self.population.deliver(intent)
+            self.sent_at[intent["intent_id"]] = intent["send_at_ms"]
+            self.counts["pushes"] += measuring
+            if self.matcher is not None:
+                self.matcher.sent += 1
+        for example in out.examples:
+            self._learn(example, measuring)
+
+    def _learn(self, example: Any, measuring: bool) -> None:
+        if not self.learns:
+            return
+        if measuring and example.p_open is not None:
+            self.prequential.update(example.p_open, example.label)
+        self.trainer.learn(example.features, opened=bool(example.label),
+                           disabled=bool(example.disabled))
+        if self.trainer.version - self.serving.version >= self.options.snapshot_every:
+            self.serving = self.trainer.clone()
+
+    def _report(self, elapsed_s: float) -> dict[str, Any]:
+        c, days = self.counts, (self.measure_until - self.measure_from) / DAY_MS
+        auc = self.prequential.report()["rolling_auc"] if self.learns else math.nan
+        return {
+            "pushes": c["pushes"],
+            "pushes_per_user_day": c["pushes"] / (self.options.users * days),
+            "opens": c["push_opened"],
+            "opens_per_push": c["push_opened"] / c["pushes"] if c["pushes"] else 0.0,
+            "disables": c["push_disabled"],
+            "dismissals": c["push_dismissed"],
+            "rolling_auc": None if math.isnan(auc) else round(auc, 4),
+            "reasons": dict(sorted(self.reasons.items())),
+            "runtime_s": round(elapsed_s, 1),
+        }
+
+
+def evaluate(options: EvalOptions, names: Iterable[str] = POLICIES) -> dict[str, Any]:
+    """Run the named policies; the full one first when a matched one needs its volume."""
+    wanted = list(dict.fromkeys(names))
+    if any(n in MATCHED for n in wanted) and "full" not in wanted:
+        wanted.insert(0, "full")
+    first = [n for n in wanted if n not in MATCHED]
+    results = _run_all([(n, None) for n in first], options)
+    target = results.get("full", {}).get("pushes_per_user_day")
+    results.update(_run_all([(n, target) for n in wanted if n in MATCHED], options))
+    results = {n: results[n] for n in wanted}
+    _add_oracle_share(results)
+    return {"options": dataclasses.asdict(options), "policies": results,
+            "targets": targets(results)}
+
+
+def run_policy(name: str, options: EvalOptions, target: float | None) -> dict[str, Any]:
+    """One policy's figures (a process-pool task: top level, picklable arguments)."""
+    return _Run(name, options, target).run()
+
+
+def _run_all(
+    runs: list[tuple[str, float | None]], options: EvalOptions
+) -> dict[str, dict[str, Any]]:
+    if options.jobs <= 1 or len(runs) <= 1:
+        return {name: run_policy(name, options, target) for name, target in runs}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(options.jobs, len(runs)), mp_context=context) as pool:
+        futures = {name: pool.submit(run_policy, name, options, target) for name, target in runs}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _add_oracle_share(results: dict[str, dict[str, Any]]) -> None:
+    """Opens as a share of the oracle's (true p_open at arrival, same volume)."""
+    oracle = results.get("oracle", {}).get("opens")
+    for row in results.values():
+        row["oracle_share"] = row["opens"] / oracle if oracle else None
+
+
+def targets(results: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
+    """The issue's targets for the full policy; None where a needed policy did not run."""
+    full, every = results.get("full"), results.get("send-everything")
+    both = full is not None and every is not None
+    return {
+        "opens_per_push_2x_send_everything": (
+            full["opens_per_push"] >= 2 * every["opens_per_push"] if both else None),  # type: ignore[index]
+        "oracle_share_at_least_0.8": (
+            full["oracle_share"] >= 0.8
+            if full is not None and full.get("oracle_share") is not None else None),
+        "fewer_disables_than_send_everything": (
+            full["disables"] < every["disables"] if both else None),  # type: ignore[index]
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The comparison as a fixed-width text table."""
+    head = (f"{'policy':<16}{'push/user/day':>14}{'pushes':>9}{'opens':>8}{'opens/push':>11}"
+            f"{'disables':>10}{'oracle share':>13}{'auc':>7}")
+    lines = [head, "-" * len(head)]
+    for name, r in report["policies"].items():
+        share = "-" if r["oracle_share"] is None else f"{r['oracle_share']:.2f}"
+        auc = "-" if r["rolling_auc"] is None else f"{r['rolling_auc']:.3f}"
+        lines.append(
+            f"{name:<16}{r['pushes_per_user_day']:>14.2f}{r['pushes']:>9}{r['opens']:>8}"
+            f"{r['opens_per_push']:>11.3f}{r['disables']:>10}{share:>13}{auc:>7}")
+    lines += [f"target {k}: {'-' if v is None else 'met' if v else 'NOT met'}"
+              for k, v in report["targets"].items()]
+    return "\n".join(lines)
+
+
+@click.command("evaluate")
+@click.option("--quick", is_flag=True, help="A small population for tests (< 60 s).")
+@click.option("--users", type=int, default=None, help="Simulated users.")
+@click.option("--days", type=float, default=None, help="Simulated days, warm-up included.")
+@click.option("--warmup-days", type=float, default=None, help="Days learned but not measured.")
+@click.option("--seed", type=int, default=None, help="Population seed.")
+@click.option("--threshold", type=float, default=None, help="Send threshold of the model policies.")
+@click.option("--volume-target", type=float, default=None,
+              help="Pushes per user per day of the full-volume policy's controller.")
+@click.option("--jobs", type=int, default=None, help="Policies run in parallel processes.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(CHOICES),
+              help="Run only these (repeatable); default all but full-volume.")
+@click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report here as JSON.")
+def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path | None,
+                     **overrides: Any) -> None:
+    """Compare decision policies on one simulated population, in-process (no broker).
+
+    The threshold is the worker's (``PUSHFLOW_THRESHOLD``) unless ``--threshold`` is given.
+    """
+    base = QUICK if quick else EvalOptions()
+    base = dataclasses.replace(base, threshold=Settings.from_env(os.environ).threshold)
+    options = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    report = evaluate(options, policies or POLICIES)
+    click.echo(format_table(report))
+    if report_json is not None:
+        report_json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -1,0 +1,113 @@
+"""The per-user outbox: pushes decided now and sent later.
+
+A push held for the end of quiet hours or for the user's best local hour waits in
+``UserState.outbox`` (so it lives in the user's state record and its changelog, and survives
+a restart or rebalance), keyed by intent id, with the candidate and the original decision.
+When event time reaches its send time it is released, unless in the meantime it expired, the
+user disabled pushes, the same content went out, a guardrail now stops it, or a held push worth
+more is due within the minimum gap (then the better one takes the slot).
+
+>>> from streams.contracts import Candidate
+>>> from streams.features import UserState
+>>> from streams.policy import PolicyConfig, decide, Scores
+>>> s = UserState("u1", tz="Europe/Berlin")
+>>> c = Candidate("c1", "u1", "trending", "v1", 1_767_222_000_000, 1_767_265_200_000)
+>>> d = decide(Scores(0.3, 0.0, 1), s, c, 1_767_222_000_000, PolicyConfig(holdout_share=0))
+>>> d.action, d.reason, d.send_at_ms  # 00:00 in Berlin: held until 08:00
+('hold', 'quiet_hours', 1767250800000)
+>>> s.outbox[c.intent_id] = hold_entry(c, d, 1_767_222_000_000)
+>>> due(s, 1_767_250_799_999), due(s, 1_767_250_800_000) == [c.intent_id]
+([], True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from streams.contracts import Candidate
+from streams.features import MS_DAY, UserState
+from streams.guardrails import guardrail, held_priority, in_quiet_hours, quiet_hours_end
+from streams.policy import Decision, PolicyConfig, Scores
+
+
+def hold_entry(candidate: Candidate, decision: Decision, decided_at_ms: int) -> dict[str, Any]:
+    """The outbox record of a held push (plain JSON types: it goes to the changelog)."""
+    return {
+        "candidate": dataclasses.asdict(candidate),
+        "decision": _decision_fields(decision),
+        "decided_at_ms": decided_at_ms,
+        "send_at_ms": decision.send_at_ms,
+    }
+
+
+def _decision_fields(decision: Decision) -> dict[str, Any]:
+    fields = dataclasses.asdict(decision)
+    del fields["displaces"]  # what it displaced is done; a tuple would come back as a list
+    return fields
+
+
+def held_candidate(entry: dict[str, Any]) -> Candidate:
+    return Candidate(**entry["candidate"])
+
+
+def held_decision(entry: dict[str, Any]) -> Decision:
+    """The original decision; records written before ``Decision.scores`` existed still load."""
+    stored = dict(entry["decision"])
+    scores = stored.pop("scores", None) or entry.get("scores")
+    stored["displaces"] = tuple(stored.get("displaces", ()))
+    return Decision(**stored, scores=None if scores is None else Scores(**scores))
+
+
+def due(state: UserState, now_ms: int) -> list[str]:
+    """Intent ids whose send time has come, the most valuable first (ties: earliest, id)."""
+    ready = [(i, e) for i, e in state.outbox.items() if e["send_at_ms"] <= now_ms]
+    ready.sort(key=lambda item: (-held_priority(item[1]), item[1]["send_at_ms"], item[0]))
+    return [intent_id for intent_id, _ in ready]
+
+
+def release_stop(
+    state: UserState, intent_id: str, now_ms: int, config: PolicyConfig
+) -> str | None:
+    """Why the held push cannot go out now, or None: first of the release checks."""
+    entry = state.outbox[intent_id]
+    candidate = held_candidate(entry)
+    if now_ms > candidate.expires_at_ms:
+        return "expired"
+    if state.disabled and not candidate.critical:
+        return "user_disabled"
+    sent_at = state.recent_content.get(candidate.content_id)
+    if sent_at is not None and now_ms - sent_at < MS_DAY:
+        return "duplicate"
+    if candidate.critical:
+        return None if config.critical_in_quiet_hours else _quiet(state, now_ms, config)
+    return guardrail(state, now_ms, config) or _better_nearby(state, intent_id, now_ms, config)
+
+
+def _quiet(state: UserState, now_ms: int, config: PolicyConfig) -> str | None:
+    quiet = in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour)
+    return "quiet_hours" if quiet else None
+
+
+def _better_nearby(
+    state: UserState, intent_id: str, now_ms: int, config: PolicyConfig
+) -> str | None:
+    """A held push worth more is due within the minimum gap: it takes the slot."""
+    mine = held_priority(state.outbox[intent_id])
+    for other_id, other in state.outbox.items():
+        near = abs(other["send_at_ms"] - now_ms) < config.min_gap_ms
+        if other_id != intent_id and near and held_priority(other) > mine:
+            return "min_gap"
+    return None
+
+
+def reschedule_after_quiet_hours(
+    state: UserState, intent_id: str, now_ms: int, config: PolicyConfig
+) -> bool:
+    """Event time jumped into quiet hours past a send time: wait for their end if it can."""
+    entry = state.outbox[intent_id]
+    later = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
+    if later > entry["candidate"]["expires_at_ms"]:
+        return False
+    entry["send_at_ms"] = later
+    return True

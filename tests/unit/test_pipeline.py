@@ -1,0 +1,370 @@
+"""The Decider's outbox: held pushes are released at the user's best local hour, or dropped
+with the reason that stopped them; every record it writes is valid against the schemas."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.contracts import Candidate, UserEvent, local_time, validator
+from streams.features import MS_DAY, MS_HOUR, UserState, state_from_bytes, state_to_bytes
+from streams.model import PushModel
+from streams.outbox import hold_entry
+from streams.pipeline import Decider, DeciderConfig, StepOutput
+from streams.policy import Decision, PolicyConfig, Scores, in_holdout, in_quiet_hours
+
+POLICY = PolicyConfig(holdout_share=0.0)
+CONFIG = DeciderConfig(policy=POLICY)
+KIND_BASE = {"comment_reply": 0.2, "trending": 0.1, "new_video_from_followed": 0.09,
+             "friend_joined": 0.03}
+
+
+class HourScored(Decider):
+    """Scores a send by its kind and how much the user is active at that local hour."""
+
+    def score(self, candidate: Candidate, features: dict[str, float], at_ms: int,
+              model: PushModel) -> Scores:
+        base = KIND_BASE.get(candidate.kind, 0.1)
+        return Scores(min(0.9, base + 0.1 * max(0.0, features["hour_activity"])), 0.0, 1)
+
+
+def at(tz: str, *wall: int) -> int:
+    return int(datetime(*wall, tzinfo=ZoneInfo(tz)).timestamp() * 1000)  # type: ignore[arg-type, misc]
+
+
+def utc(*wall: int) -> int:
+    return int(datetime(*wall, tzinfo=UTC).timestamp() * 1000)  # type: ignore[arg-type, misc]
+
+
+def profiled(tz: str, peak: int = 20, events: float = 100.0) -> UserState:
+    """A user whose activity profile (local hours) peaks at ``peak``."""
+    state = UserState("u1", tz=tz)
+    state.activity_by_hour = [1.0] * 24
+    state.activity_by_hour[peak] = events
+    return state
+
+
+def candidate(n: str, created: int, ttl_h: float = 8, kind: str = "trending",
+              **kw: Any) -> Candidate:
+    return Candidate(n, "u1", kind, kw.pop("content_id", f"v-{n}"), created,
+                     created + int(ttl_h * MS_HOUR), **kw)
+
+
+def valid(out: StepOutput) -> StepOutput:
+    for record in out.decisions:
+        validator("notification-decision")(record)
+    for intent in out.intents:
+        validator("notification-intent")(intent)
+    return out
+
+
+def actions(out: StepOutput) -> list[tuple[str, str]]:
+    return [(d["action"], d["reason"]) for d in out.decisions]
+
+
+# --- held -> released at the right local hour ---------------------------------------------
+
+RELEASES = [
+    # zone, arrival, best local hour, expected release (UTC)
+    ("Asia/Tokyo", at("Asia/Tokyo", 2026, 6, 10, 14), 20, utc(2026, 6, 10, 11)),
+    # spring forward overnight: 09:00 the next morning is EDT already
+    ("America/New_York", at("America/New_York", 2026, 3, 7, 23), 9, utc(2026, 3, 8, 13)),
+    # fall back overnight: 09:00 the next morning is CET again
+    ("Europe/Berlin", at("Europe/Berlin", 2026, 10, 24, 23), 9, utc(2026, 10, 25, 8)),
+    ("+05:30", utc(2026, 6, 10, 8), 20, utc(2026, 6, 10, 14, 30)),
+]
+
+
+@pytest.mark.parametrize(("tz", "arrival", "peak", "expected"), RELEASES,
+                         ids=[r[0] for r in RELEASES])
+def test_held_then_released_at_the_users_best_local_hour(tz: str, arrival: int, peak: int,
+                                                         expected: int) -> None:
+    decider, state = HourScored(PushModel(), CONFIG), profiled(tz, peak)
+    held = valid(decider.on_candidate(state, candidate("c1", arrival, ttl_h=12)))
+    assert actions(held) == [("hold", "held_for_send_time")] and not held.intents
+    [record] = held.decisions
+    assert record["send_at_ms"] == expected and local_time(expected, tz).hour == peak
+    assert valid(decider.on_tick(state, expected - 1)).decisions == []
+    released = valid(decider.on_tick(state, expected))
+    assert actions(released) == [("send", "released")]
+    [intent] = released.intents
+    assert (intent["send_at_ms"], intent["decided_at_ms"], intent["reason"]) == (
+        expected, arrival, "released")
+    for name in ("score", "threshold", "propensity", "explore", "p_open", "model_version"):
+        assert intent[name] == record[name]
+    assert state.outbox == {} and state.pending[intent["intent_id"]].decided_at_ms == expected
+
+
+def test_without_enough_profile_the_push_goes_now() -> None:
+    state = profiled("Asia/Tokyo", events=20.0)  # 43 events < send_time_min_events
+    out = HourScored(PushModel(), CONFIG).on_candidate(
+        state, candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14)))
+    assert actions(out) == [("send", "above_threshold")] and len(out.intents) == 1
+
+
+def test_send_time_optimisation_can_be_turned_off() -> None:
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, send_time=False))
+    out = HourScored(PushModel(), config).on_candidate(
+        profiled("Asia/Tokyo"), candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14)))
+    assert actions(out) == [("send", "above_threshold")]
+
+
+def test_a_push_is_not_held_past_its_expiry() -> None:
+    state = profiled("Asia/Tokyo")
+    out = HourScored(PushModel(), CONFIG).on_candidate(
+        state, candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14), ttl_h=5.5))
+    assert actions(out) == [("send", "above_threshold")]  # 20:00 is after 19:30
+
+
+# --- held, then stopped at release --------------------------------------------------------
+
+TOKYO_2PM = at("Asia/Tokyo", 2026, 6, 10, 14)
+TOKYO_8PM = at("Asia/Tokyo", 2026, 6, 10, 20)
+
+
+def held_state() -> tuple[Decider, UserState]:
+    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo")
+    assert actions(decider.on_candidate(state, candidate("c1", TOKYO_2PM, ttl_h=7))) == [
+        ("hold", "held_for_send_time")]
+    return decider, state
+
+
+def test_expired_while_held_is_suppressed_as_expired() -> None:
+    decider, state = held_state()
+    out = valid(decider.on_tick(state, TOKYO_2PM + 7 * MS_HOUR + 1))  # first tick after expiry
+    assert actions(out) == [("suppress", "expired")] and not out.intents
+    assert out.decisions[0]["propensity"] == 1.0 and state.outbox == {}
+
+
+def test_capped_at_release_is_suppressed_as_capped() -> None:
+    decider, state = held_state()
+    for n in range(5):  # critical pushes bypass the cap, and count toward it
+        sent = decider.on_candidate(state, candidate(f"k{n}", TOKYO_2PM + (n + 1) * 60_000,
+                                                     critical=True))
+        assert actions(sent) == [("send", "critical")]
+    out = valid(decider.on_tick(state, TOKYO_8PM))
+    assert actions(out) == [("suppress", "capped")] and not out.intents
+
+
+def test_min_gap_at_release_is_suppressed_as_min_gap() -> None:
+    decider, state = held_state()
+    decider.on_candidate(state, candidate("k1", TOKYO_8PM - MS_HOUR, critical=True))
+    assert actions(valid(decider.on_tick(state, TOKYO_8PM))) == [("suppress", "min_gap")]
+
+
+def test_disabled_while_held_is_suppressed() -> None:
+    decider, state = held_state()
+    decider.on_event(state, UserEvent("e1", "u1", "push_disabled", TOKYO_2PM + MS_HOUR,
+                                      "Asia/Tokyo", "unknown"))
+    assert actions(decider.on_tick(state, TOKYO_8PM)) == [("suppress", "user_disabled")]
+
+
+def test_a_held_critical_push_still_bypasses_caps_at_release() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    out = decider.on_candidate(state, candidate("k0", night, ttl_h=12, critical=True))
+    assert actions(out) == [("hold", "quiet_hours")]
+    morning = at("Europe/Berlin", 2026, 6, 11, 8)
+    state.recent_sends_ms = [morning - n * MS_HOUR for n in range(1, 6)]
+    state.last_send_ms = morning - MS_HOUR
+    out = valid(decider.on_tick(state, morning))
+    assert actions(out) == [("send", "released")] and out.intents[0]["critical"] is True
+
+
+def test_event_time_jumping_into_quiet_hours_waits_for_their_end() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo", peak=21)
+    decider.on_candidate(state, candidate("c1", TOKYO_2PM, ttl_h=20))
+    late = at("Asia/Tokyo", 2026, 6, 10, 23)  # the 21:00 send time was never ticked
+    assert valid(decider.on_tick(state, late)).decisions == []
+    morning = at("Asia/Tokyo", 2026, 6, 11, 8)
+    assert [e["send_at_ms"] for e in state.outbox.values()] == [morning]
+    assert actions(decider.on_tick(state, morning)) == [("send", "released")]
+
+
+def test_event_time_jumping_past_quiet_hours_and_expiry() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo", peak=21)
+    decider.on_candidate(state, candidate("c1", TOKYO_2PM, ttl_h=10))
+    out = decider.on_tick(state, at("Asia/Tokyo", 2026, 6, 10, 23))
+    assert actions(out) == [("suppress", "quiet_hours")]
+
+
+# --- competition for a slot ---------------------------------------------------------------
+
+
+def test_a_better_candidate_takes_the_slot_of_a_held_one() -> None:
+    decider, state = held_state()  # c1, trending, held for 20:00; c2 arrives at 19:00
+    out = valid(decider.on_candidate(state, candidate("c2", TOKYO_2PM + 5 * MS_HOUR,
+                                                      kind="comment_reply")))
+    assert actions(out) == [("suppress", "min_gap"), ("hold", "held_for_send_time")]
+    assert out.decisions[0]["candidate_id"] == "c1" and out.decisions[0]["propensity"] == 1.0
+    assert [e["candidate"]["candidate_id"] for e in state.outbox.values()] == ["c2"]
+    assert [i["candidate_id"] for i in decider.on_tick(state, TOKYO_8PM).intents] == ["c2"]
+
+
+def test_a_worse_candidate_does_not_take_the_slot() -> None:
+    decider, state = held_state()
+    out = decider.on_candidate(state, candidate("c2", TOKYO_2PM + MS_HOUR, kind="friend_joined"))
+    assert [d["reason"] for d in out.decisions] in (["below_threshold"], ["explore"])
+    assert [e["candidate"]["candidate_id"] for e in state.outbox.values()] == ["c1"]
+
+
+def test_at_release_a_better_push_due_within_the_gap_wins() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="UTC")
+    noon = utc(2026, 6, 10, 12)
+    for n, (send_at, score) in enumerate([(noon, 0.2), (noon + 2 * MS_HOUR, 0.3)]):
+        cand = candidate(f"c{n}", noon - MS_HOUR, ttl_h=6)
+        decision = Decision("hold", "held_for_send_time", score, 0.08, False, 1.0, False, send_at,
+                            Scores(score, 0.0, 1))
+        state.outbox[cand.intent_id] = hold_entry(cand, decision, noon - MS_HOUR)
+    assert actions(decider.on_tick(state, noon)) == [("suppress", "min_gap")]
+    assert actions(decider.on_tick(state, noon + 2 * MS_HOUR)) == [("send", "released")]
+
+
+def test_the_outbox_is_bounded() -> None:
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, min_gap_ms=0), outbox_limit=3)
+    decider, state = Decider(PushModel(), config), UserState("u1", tz="UTC")
+    night = utc(2026, 6, 10, 23)
+    reasons = [decider.on_candidate(state, candidate(f"c{n}", night, ttl_h=12))
+               .decisions[0]["reason"] for n in range(4)]
+    assert reasons == ["quiet_hours"] * 3 + ["capped"] and len(state.outbox) == 3
+
+
+# --- duplicates, state, determinism -------------------------------------------------------
+
+
+def test_duplicates_while_held() -> None:
+    decider, state = held_state()
+    again = decider.on_candidate(state, candidate("c1", TOKYO_2PM + 60_000, ttl_h=7))
+    same_content = decider.on_candidate(
+        state, candidate("c9", TOKYO_2PM + 60_000, content_id="v-c1", kind="comment_reply"))
+    assert actions(again) == actions(same_content) == [("suppress", "duplicate")]
+
+
+def test_the_outbox_survives_the_changelog() -> None:
+    decider, state = held_state()
+    restored = state_from_bytes(state_to_bytes(state))
+    assert restored == state
+    direct, replayed = decider.on_tick(state, TOKYO_8PM), decider.on_tick(restored, TOKYO_8PM)
+    assert direct == replayed and actions(direct) == [("send", "released")]
+
+
+def test_records_written_before_decision_scores_existed_still_release() -> None:
+    decider, state = held_state()
+    [entry] = state.outbox.values()
+    entry["scores"] = entry["decision"].pop("scores")
+    assert actions(decider.on_tick(state, TOKYO_8PM)) == [("send", "released")]
+
+
+# --- any sequence of inputs ---------------------------------------------------------------
+
+START = at("America/New_York", 2026, 3, 6, 12)  # three days across the change to DST
+steps = st.lists(st.tuples(
+    st.sampled_from(["candidate", "critical", "activity", "open", "dismiss", "tick"]),
+    st.integers(1, 6 * 60),  # minutes since the previous input
+    st.sampled_from(sorted(KIND_BASE)),
+    st.integers(0, 8),  # content id: repeats happen
+    st.sampled_from([0.5, 3, 8, 14]),  # ttl hours
+), min_size=1, max_size=60)
+
+
+def drive(decider: Decider, inputs: list[tuple[str, int, str, int, float]],
+          tz: str) -> tuple[UserState, list[StepOutput], list[Candidate]]:
+    state, outputs, candidates, now = profiled(tz, peak=20, events=60.0), [], [], START
+    for n, (kind, minutes, push_kind, content, ttl) in enumerate(inputs):
+        now += minutes * 60_000
+        if kind in ("candidate", "critical"):
+            cand = candidate(f"c{n}", now, ttl, push_kind, content_id=f"v{content}",
+                             critical=kind == "critical")
+            candidates.append(cand)
+            outputs.append(decider.on_candidate(state, cand))
+        elif kind == "tick":
+            outputs.append(decider.on_tick(state, now))
+        else:
+            intent = next(iter(state.pending), None)
+            event_type = {"activity": "app_open", "open": "push_opened",
+                          "dismiss": "push_dismissed"}[kind]
+            outputs.append(decider.on_event(state, UserEvent(
+                f"e{n}", "u1", event_type, now, tz, None if kind == "activity" else intent)))
+    outputs.append(decider.on_tick(state, now + 2 * MS_DAY))
+    return state, outputs, candidates
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=steps, tz=st.sampled_from(["America/New_York", "Europe/Berlin", "Asia/Kolkata"]),
+       allow=st.booleans())
+def test_no_sequence_of_inputs_breaks_a_guardrail(
+    inputs: list[tuple[str, int, str, int, float]], tz: str, allow: bool
+) -> None:
+    policy = dataclasses.replace(POLICY, critical_in_quiet_hours=allow)
+    decider = HourScored(PushModel(), DeciderConfig(policy=policy))
+    state, outputs, candidates = drive(decider, inputs, tz)
+    by_id = {c.intent_id: c for c in candidates}
+    intents = [valid(out).intents for out in outputs]
+    sent = [i for batch in intents for i in batch]
+    assert len({i["intent_id"] for i in sent}) == len(sent)  # never the same candidate twice
+    assert state.outbox == {}  # every held push ended, one way or the other
+    for n, intent in enumerate(sent):
+        cand, t = by_id[intent["intent_id"]], intent["send_at_ms"]
+        assert t <= cand.expires_at_ms
+        before = [i["send_at_ms"] for i in sent[:n]]
+        same_content = [i["send_at_ms"] for i in sent[:n] if i["content_id"] == cand.content_id]
+        assert all(t - b >= MS_DAY for b in same_content)
+        quiet = in_quiet_hours(t, tz, policy.quiet_start_hour, policy.quiet_end_hour)
+        assert not quiet or (cand.critical and allow and intent["reason"] == "critical")
+        if not cand.critical:
+            assert sum(1 for b in before if t - b < MS_DAY) < policy.daily_cap
+            assert all(t - b >= policy.min_gap_ms for b in before)
+        assert intent["propensity"] in (1.0, policy.explore_share)
+        assert intent["explore"] == (intent["propensity"] == policy.explore_share < 1.0)
+    first = [out.decisions for out in outputs]
+    decided = {d["candidate_id"] for batch in first for d in batch}
+    assert decided == {c.candidate_id for c in candidates}
+
+
+@settings(max_examples=30, deadline=None)
+@given(inputs=steps)
+def test_replay_gives_the_same_outputs(inputs: list[tuple[str, int, str, int, float]]) -> None:
+    runs = [drive(HourScored(PushModel(), CONFIG), inputs, "Europe/Berlin") for _ in range(2)]
+    assert runs[0][1] == runs[1][1] and runs[0][0] == runs[1][0]
+
+
+# --- long-term objective through the whole loop -------------------------------------------
+
+
+def test_a_user_who_keeps_dismissing_gets_fewer_pushes_than_one_who_ignores_them() -> None:
+    """Same candidates, same (untrained) model: only the dismissals differ."""
+    decider = Decider(PushModel(), CONFIG)
+    sent = {}
+    for dismisses in (True, False):
+        state, count = UserState("u1", tz="UTC"), 0
+        for n in range(30):
+            now = utc(2026, 6, 1, 9) + n * MS_DAY // 2
+            out = decider.on_candidate(state, candidate(f"c{n}", now, ttl_h=1))
+            for intent in out.intents:
+                count += 1
+                if dismisses:
+                    decider.on_event(state, UserEvent(f"e{n}", "u1", "push_dismissed",
+                                                      now + 60_000, "UTC", intent["intent_id"]))
+            decider.on_tick(state, now + 2 * MS_HOUR)
+        sent[dismisses] = count
+    assert sent[False] == 30 and sent[True] < 10
+
+
+def test_holdout_pushes_log_the_model_scores_they_did_not_use() -> None:
+    user_id = next(f"u{i}" for i in range(10_000)
+                   if in_holdout(f"u{i}", 0.05))
+    decider = Decider(PushModel(), DeciderConfig(policy=PolicyConfig()))
+    state = UserState(user_id, tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    cand = dataclasses.replace(candidate("c1", night, ttl_h=12), user_id=user_id)
+    held = valid(decider.on_candidate(state, cand))
+    assert actions(held) == [("hold", "quiet_hours")] and held.decisions[0]["holdout"]
+    released = valid(decider.on_tick(state, at("Europe/Berlin", 2026, 6, 11, 8)))
+    assert actions(released) == [("send", "released")]
+    assert released.intents[0]["p_open"] == held.decisions[0]["p_open"] == pytest.approx(0.1)
