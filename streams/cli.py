@@ -122,12 +122,14 @@ def topics_create(timeout: float, **flags: Any) -> None:
 
 
 def _register_offline_commands() -> None:
-    """Commands that need no broker: replay, convert (and evaluate, when present)."""
+    """Commands that need no broker: replay, convert, evaluate."""
+    from streams.evaluate import evaluate_command
     from streams.obd import convert_command
     from streams.replay import replay_command
 
     main.add_command(replay_command, "replay")
     main.add_command(convert_command, "convert")
+    main.add_command(evaluate_command, "evaluate")
 
 
 _register_offline_commands()

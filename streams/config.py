@@ -25,11 +25,21 @@ def decider_config(settings: Settings) -> DeciderConfig:
         explore_share=settings.explore_share,
         disable_weight=settings.disable_weight,
         seed=settings.seed,
+        dismiss_weight=settings.dismiss_weight,
+        critical_in_quiet_hours=settings.critical_in_quiet_hours,
+        send_time=settings.send_time,
+        send_time_min_events=settings.send_time_min_events,
+        send_time_max_hold_ms=settings.send_time_max_hold_s * 1000,
+        send_time_slots=settings.send_time_slots,
+        send_time_min_gain=settings.send_time_min_gain,
+        volume_target=settings.volume_target,
+        volume_gain=settings.volume_gain,
     )
     return DeciderConfig(
         policy=policy,
         attribution_window_ms=settings.attribution_window_s * 1000,
         late_tolerance_ms=settings.late_tolerance_s * 1000,
+        outbox_limit=settings.outbox_limit,
     )
 
 

@@ -102,6 +102,16 @@ class Settings:
     holdout_share: float = 0.05
     explore_share: float = 0.05
     disable_weight: float = 1.0
+    dismiss_weight: float = 0.1
+    critical_in_quiet_hours: bool = False
+    send_time: bool = True
+    send_time_min_events: int = 50
+    send_time_max_hold_s: int = 12 * 3600
+    send_time_slots: int = 4
+    send_time_min_gain: float = 0.01
+    volume_target: float = 0.0
+    volume_gain: float = 0.1
+    outbox_limit: int = 16
     # --- state lifetime
     user_ttl_s: int = 30 * 24 * 3600
     ttl_sweep_interval_s: float = 60.0
