@@ -8,6 +8,7 @@ forward per partition so labels expire and held pushes are released even for sil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -126,6 +127,7 @@ class PushflowWorker:
         self.positions: dict[tuple[str, int], int] = {}
         self.dead_letter_codes: Counter[str] = Counter()
         self.was_ready = False
+        self.broker_ok = True
         self.app = self._build_app()
         self._wire()
 
@@ -212,7 +214,9 @@ class PushflowWorker:
     def is_ready(self) -> bool:
         app = self.app
         recovered = self._recovered()
-        ready = bool(recovered and not app.rebalancing and app.consumer.assignment())
+        ready = bool(
+            recovered and self.broker_ok and not app.rebalancing and app.consumer.assignment()
+        )
         self.metrics.ready.set(1 if ready else 0)
         if ready and not self.was_ready:
             log.info("worker ready: %d partitions assigned, state recovered",
@@ -261,9 +265,10 @@ class PushflowWorker:
 
     def _parse(self, topic: str, key: bytes | None, raw: bytes | None) -> Any:
         limit = self.settings.max_message_bytes
+        latest = int((time.time() + self.settings.max_future_s) * 1000)
         if topic == self.settings.topic("candidates_topic"):
-            return parse_candidate(raw or b"", key, limit)
-        return parse_user_event(raw or b"", key, limit)
+            return parse_candidate(raw or b"", key, limit, latest)
+        return parse_user_event(raw or b"", key, limit, latest)
 
     def _track(self, partition: int, key: bytes, state: UserState) -> None:
         self.watermarks[partition] = max(self.watermarks.get(partition, 0), state.watermark_ms)
@@ -407,8 +412,15 @@ class PushflowWorker:
             log.info("partitions revoked: %s", gone, extra={"event": "revoked", "partitions": gone})
 
     async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        """Snapshot what was learned since the last snapshot: it acks the training examples
+        Faust would otherwise wait for, and a restart then loses nothing."""
         log.info("worker stopping: committing offsets and flushing outputs",
                  extra={"event": "stopping"})
+        if self.trainer is not None and self.trainer.version > self.last_published:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publish_snapshot(), 5.0)
+        elif self.unacked:
+            self._ack_learned()
 
     # --- training -------------------------------------------------------------------------
 
@@ -485,10 +497,15 @@ class PushflowWorker:
         if not tps:
             return
         try:
-            highwaters = await self.app.consumer.highwaters(*tps)
-        except Exception as exc:  # broker unreachable: keep the last values, say why
-            log.warning("consumer lag not updated: %s", exc)
+            highwaters = await asyncio.wait_for(self.app.consumer.highwaters(*tps), 3.0)
+        except Exception as exc:  # broker unreachable: not ready until it answers again
+            if self.broker_ok:
+                log.warning("broker not answering (%s): reporting not ready", type(exc).__name__)
+            self.broker_ok = False
             return
+        if not self.broker_ok:
+            log.info("broker answering again")
+        self.broker_ok = True
         committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]
         for tp, highwater in highwaters.items():
             position = max(

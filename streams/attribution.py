@@ -44,6 +44,7 @@ class TrainingExample:
 
 def _resolve(state: UserState, label: PendingLabel, outcome: str, at_ms: int) -> TrainingExample:
     del state.pending[label.intent_id]
+    state.resolved[label.intent_id] = at_ms
     return TrainingExample(
         intent_id=label.intent_id,
         user_id=state.user_id,
@@ -77,7 +78,8 @@ def on_feedback(state: UserState, event: UserEvent) -> tuple[str | None, list[Tr
         return None, []
     label = state.pending.get(event.intent_id or "")
     if label is None:
-        return "unknown_intent", []
+        late = (event.intent_id or "") in state.resolved
+        return ("late_feedback" if late else "unknown_intent"), []
     if event.event_time_ms > label.deadline_ms:
         return "late_feedback", []
     if event.type == "push_opened":

@@ -137,12 +137,23 @@ def _check_key(key: bytes | None, user_id: str) -> None:
         raise KeyMismatch(f"message key {shown!r} is not the user_id {user_id!r}")
 
 
+def _check_not_future(obj: dict[str, Any], field: str, latest_ms: int | None) -> None:
+    if latest_ms is not None and obj[field] > latest_ms:
+        ahead_h = (obj[field] - latest_ms) / 3_600_000
+        raise BadTime(f"{field} is {ahead_h:.1f} h beyond the latest accepted time")
+
+
 def parse_user_event(
-    raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES
+    raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
 ) -> UserEvent:
-    """Bytes from ``user-events`` -> :class:`UserEvent`, or a ContractError."""
+    """Bytes from ``user-events`` -> :class:`UserEvent`, or a ContractError.
+
+    ``latest_ms`` bounds event time from above (the worker passes its wall clock plus
+    ``max_future_s``): one device with its clock in 2099 must not move a partition's event time.
+    """
     obj = _load_object(raw, max_bytes)
     _validate("user-event", obj)
+    _check_not_future(obj, "event_time_ms", latest_ms)
     check_time_zone(obj["tz"])
     _check_key(key, obj["user_id"])
     return UserEvent(
@@ -155,10 +166,13 @@ def parse_user_event(
     )
 
 
-def parse_candidate(raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Candidate:
+def parse_candidate(
+    raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
+) -> Candidate:
     """Bytes from ``notification-candidates`` -> :class:`Candidate`, or a ContractError."""
     obj = _load_object(raw, max_bytes)
     _validate("notification-candidate", obj)
+    _check_not_future(obj, "created_at_ms", latest_ms)
     if obj["expires_at_ms"] < obj["created_at_ms"]:
         raise BadTime("expires_at_ms is before created_at_ms")
     if obj.get("tz") is not None:

@@ -104,10 +104,13 @@ class WorkerProcess:
 
 def scrape(text: str) -> dict[str, Any]:
     """The worker figures the summary needs, from its Prometheus exposition."""
-    figures: dict[str, Any] = {"labeled_examples": 0.0, "learned": 0.0}
+    figures: dict[str, Any] = {"labeled_examples": 0.0, "learned": 0.0, "ignored": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "pushflow_labeled_examples_total":
+            if sample.name == "pushflow_ignored_messages_total":
+                reason = sample.labels["reason"]
+                figures["ignored"][reason] = figures["ignored"].get(reason, 0) + sample.value
+            elif sample.name == "pushflow_labeled_examples_total":
                 figures["labeled_examples"] += sample.value
             elif sample.name == "pushflow_model_examples_learned_total":
                 figures["learned"] += sample.value
@@ -186,8 +189,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
 
 def _demo_env(settings: Settings) -> dict[str, str]:
     # The demo compresses days into minutes: snapshot often so learning shows quickly.
+    # Simulated time runs ahead of the wall clock, so the future bound is widened too.
     env = {"PUSHFLOW_SNAPSHOT_EVERY": "25", "PUSHFLOW_SNAPSHOT_INTERVAL_S": "5",
-           "PUSHFLOW_TICK_INTERVAL_S": "1"}
+           "PUSHFLOW_TICK_INTERVAL_S": "1", "PUSHFLOW_MAX_FUTURE_S": str(10 * 365 * 86400)}
     return {k: v for k, v in env.items() if k not in os.environ}
 
 

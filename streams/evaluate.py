@@ -33,13 +33,14 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
+from streams.config import decider_config
 from streams.contracts import Candidate, UserEvent
 from streams.evaluation import Prequential
 from streams.features import UserState
@@ -59,7 +60,17 @@ _CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
 
 @dataclass(frozen=True, slots=True)
 class EvalOptions:
-    """How big and how long the simulated world is; same options, same numbers."""
+    """How big and how long the simulated world is, and the worker configuration it runs.
+
+    ``decider`` is the worker's configuration (``streams.config.decider_config``); the named
+    policies are variants of its policy. ``threshold`` (when set) replaces its threshold.
+    Same options, same numbers.
+
+    Examples
+    --------
+    >>> EvalOptions(threshold=0.15).decider.policy.holdout_share  # turned off per policy
+    0.05
+    """
 
     users: int = 1000
     days: float = 6.0
@@ -68,7 +79,9 @@ class EvalOptions:
     step_ms: int = 5 * 60_000
     snapshot_every: int = 200
     start_ms: int = START_MS
-    threshold: float = PolicyConfig().threshold
+    decider: DeciderConfig = field(default_factory=DeciderConfig)
+    learning_rate: float = 0.05
+    threshold: float | None = None
     volume_target: float = 1.0
     matching_gain: float = 4.0
     jobs: int = 2
@@ -79,7 +92,9 @@ QUICK = EvalOptions(users=400, days=4.0, warmup_days=2.0)
 
 def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
     """The PolicyConfig each named policy runs with (holdout off everywhere)."""
-    full = PolicyConfig(holdout_share=0.0, threshold=options.threshold)
+    base = options.decider.policy
+    threshold = base.threshold if options.threshold is None else options.threshold
+    full = dataclasses.replace(base, holdout_share=0.0, threshold=threshold)
     if name == "full":
         return full
     if name == "full-volume":
@@ -139,9 +154,9 @@ class _Run:
     def __init__(self, name: str, options: EvalOptions, target: float | None) -> None:
         self.name, self.options = name, options
         self.population = Population(options.seed, options.users, options.start_ms)
-        self.trainer = PushModel(seed=options.seed)
+        self.trainer = PushModel(learning_rate=options.learning_rate, seed=options.seed)
         self.serving = self.trainer.clone()
-        config = DeciderConfig(policy=policy_config(name, options))
+        config = dataclasses.replace(options.decider, policy=policy_config(name, options))
         if name in MATCHED:
             self.decider: Decider = _ScoredBy(config, self.population, name in TRUTH)
         else:
@@ -318,10 +333,13 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
                      **overrides: Any) -> None:
     """Compare decision policies on one simulated population, in-process (no broker).
 
-    The threshold is the worker's (``PUSHFLOW_THRESHOLD``) unless ``--threshold`` is given.
+    The policies are variants of the worker's, configured as the worker is (``PUSHFLOW_*``).
     """
-    base = QUICK if quick else EvalOptions()
-    base = dataclasses.replace(base, threshold=Settings.from_env(os.environ).threshold)
+    settings = Settings.from_env(os.environ)
+    base = dataclasses.replace(
+        QUICK if quick else EvalOptions(), decider=decider_config(settings),
+        learning_rate=settings.learning_rate, snapshot_every=settings.snapshot_every,
+    )
     options = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     report = evaluate(options, policies or POLICIES)
     click.echo(format_table(report))

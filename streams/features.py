@@ -74,6 +74,7 @@ class UserState:
     recent_content: dict[str, int] = field(default_factory=dict)
     decided: dict[str, int] = field(default_factory=dict)
     pending: dict[str, PendingLabel] = field(default_factory=dict)
+    resolved: dict[str, int] = field(default_factory=dict)  # intent id -> when (for a day)
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def advance(self, at_ms: int) -> None:
@@ -98,6 +99,7 @@ class UserState:
         self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
         self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
         self.decided = {c: exp for c, exp in self.decided.items() if exp >= self.watermark_ms}
+        self.resolved = {i: t for i, t in self.resolved.items() if t > day_ago}
 
 
 def observe_activity(state: UserState, at_ms: int, tz: str) -> None:

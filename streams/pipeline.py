@@ -136,7 +136,14 @@ class Decider:
         return out
 
     def on_candidate(self, state: UserState, candidate: Candidate) -> StepOutput:
-        """Score, decide, and remember what is needed to learn from the outcome."""
+        """Score, decide, and remember what is needed to learn from the outcome.
+
+        A candidate already decided (an upstream duplicate, or a re-read after a crash on state
+        that kept the first pass) changes nothing and emits nothing: its first decision record
+        stands, so there is exactly one per candidate id.
+        """
+        if candidate.candidate_id in state.decided:
+            return StepOutput(ignored="duplicate_candidate")
         now = max(candidate.created_at_ms, state.watermark_ms)
         if candidate.tz:
             state.tz = candidate.tz
@@ -148,8 +155,7 @@ class Decider:
         decision = decide(scores, state, candidate, now, self.config.policy, score_at)
         if decision.scores is None and scores is not None:  # holdout: logged, not used
             decision = dataclasses.replace(decision, scores=scores)
-        if decision.reason != "duplicate" or candidate.candidate_id not in state.decided:
-            state.decided[candidate.candidate_id] = candidate.expires_at_ms
+        state.decided[candidate.candidate_id] = candidate.expires_at_ms
         if decision.action == HOLD:
             decision = self._hold(state, candidate, decision, now, out)
         out.decisions.append(_decision_record(candidate, decision, scores, now))

@@ -87,6 +87,7 @@ class Settings:
     # --- input limits
     max_message_bytes: int = 65536
     late_tolerance_s: int = 7 * 24 * 3600
+    max_future_s: int = 24 * 3600
     # --- model and learning
     threshold: float = 0.08
     attribution_window_s: int = 3600

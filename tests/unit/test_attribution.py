@@ -41,7 +41,7 @@ def test_late_open_duplicate_open_and_unknown_intent_are_ignored_and_counted() -
     assert on_feedback(state, event("push_opened", "i1", T0 + 2 * HOUR))[0] == "late_feedback"
     assert on_feedback(state, event("push_opened", "zzz", T0))[0] == "unknown_intent"
     on_feedback(state, event("push_dismissed", "i1", T0 + 5))
-    assert on_feedback(state, event("push_opened", "i1", T0 + 6))[0] == "unknown_intent"
+    assert on_feedback(state, event("push_opened", "i1", T0 + 6))[0] == "late_feedback"
 
 
 def test_disable_without_intent_blames_the_newest_pending_push() -> None:

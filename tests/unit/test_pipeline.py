@@ -243,7 +243,8 @@ def test_duplicates_while_held() -> None:
     again = decider.on_candidate(state, candidate("c1", TOKYO_2PM + 60_000, ttl_h=7))
     same_content = decider.on_candidate(
         state, candidate("c9", TOKYO_2PM + 60_000, content_id="v-c1", kind="comment_reply"))
-    assert actions(again) == actions(same_content) == [("suppress", "duplicate")]
+    assert again.ignored == "duplicate_candidate" and actions(again) == []
+    assert actions(same_content) == [("suppress", "duplicate")]
 
 
 def test_the_outbox_survives_the_changelog() -> None:
