@@ -115,7 +115,6 @@ class PushflowWorker:
         self.models = ModelHolder(fresh_model(settings))
         self.trainer: PushModel | None = None
         self.training_offset = 0
-        self.unacked: list[EventT] = []
         self.last_published = -1
         self.prequential = Prequential()
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
@@ -397,7 +396,6 @@ class PushflowWorker:
             self._start_training()
         elif not training_tp and self.trainer is not None:
             self.trainer = None
-            self.unacked.clear()
             log.info("training moved to another worker")
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -419,23 +417,18 @@ class PushflowWorker:
         if self.trainer is not None and self.trainer.version > self.last_published:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publish_snapshot(), 5.0)
-        elif self.unacked:
-            self._ack_learned()
 
     # --- training -------------------------------------------------------------------------
 
     async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Learn each resolved label once; acks wait for the snapshot that contains them.
-
-        A crash re-reads the examples after the last snapshot (their offsets were not
-        committed), and examples already inside the restored snapshot are skipped, so each
-        label is learned exactly once in the model's history.
-        """
-        async for event in stream.noack().events():  # type: ignore[attr-defined]
+        """Learn each resolved label once. Examples already inside the restored snapshot
+        (offset below its ``training_offset``) are skipped, so a re-read after a restart never
+        learns a label twice; a kill -9 loses at most what was learned since the last
+        snapshot (``snapshot_interval_s``)."""
+        async for event in stream.events():
             if event.message.offset >= self.training_offset:
                 self.learn(orjson.loads(event.value))
                 self.training_offset = event.message.offset + 1
-            self.unacked.append(event)
             due = self.trainer.version - self.last_published if self.trainer else 0
             if due >= self.settings.snapshot_every:
                 await self.publish_snapshot()
@@ -462,8 +455,6 @@ class PushflowWorker:
     async def _snapshot_timer(self) -> None:
         if self.trainer is not None and self.trainer.version > self.last_published:
             await self.publish_snapshot()
-        elif self.unacked and self.trainer is not None:
-            self._ack_learned()
 
     async def publish_snapshot(self) -> None:
         assert self.trainer is not None
@@ -473,13 +464,7 @@ class PushflowWorker:
         self.last_published = model.version
         self.models.offer(model, int(time.time() * 1000), self.training_offset)
         self.metrics.model_version.set(model.version)
-        self._ack_learned()
         log.debug("published model snapshot version %d", model.version)
-
-    def _ack_learned(self) -> None:
-        for event in self.unacked:
-            event.ack()
-        self.unacked.clear()
 
     # --- gauges ---------------------------------------------------------------------------
 
