@@ -261,7 +261,7 @@ class EmbeddedBroker:
     -----
     Use it as a context manager (``with EmbeddedBroker() as broker:``) or call
     :meth:`start` and :meth:`stop`. Neither broker is a full Apache Kafka: see
-    ``shared/brokers.md`` for the measured gaps (tansu never compacts, has a wrong
+    docs/reliability.md for the measured gaps (tansu never compacts, has a wrong
     high watermark and loses everything on restart; noida never evicts a SIGKILLed
     group member).
 
