@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from streams.errors import PushflowError
+from streams.flags import setting_flags
 from streams.logs import configure_logging
 from streams.settings import Settings
 
@@ -35,12 +36,7 @@ _SETTING_FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def setting_options(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one ``--flag`` per commonly overridden setting."""
-    for name, kind, help_text in reversed(_SETTING_FLAGS):
-        flag = "--" + name.replace("_", "-")
-        fun = click.option(flag, name, type=kind, default=None, help=help_text)(fun)
-    return fun
+setting_options = setting_flags(_SETTING_FLAGS)
 
 
 def build_settings(**flags: Any) -> Settings:

@@ -53,6 +53,7 @@ from streams.errors import (
 )
 from streams.evaluation import EPS, Prequential, exact_auc
 from streams.features import UserState
+from streams.flags import setting_flags
 from streams.model import PushModel
 from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
@@ -478,10 +479,7 @@ _FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def _setting_flags(fun: Callable[..., Any]) -> Callable[..., Any]:
-    for name, kind, help_text in reversed(_FLAGS):
-        fun = click.option("--" + name.replace("_", "-"), name, type=kind, help=help_text)(fun)
-    return fun
+_setting_flags = setting_flags(_FLAGS)
 
 
 @click.command("replay")
