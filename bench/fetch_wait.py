@@ -38,8 +38,9 @@ def measure(bootstrap: str, wait_ms: int) -> tuple[float, float]:
     def read() -> None:
         while not done.is_set():
             for message in consumer.consume(100, 0.05):
-                if message.error() is None and message.value() is not None:
-                    arrived[message.value()] = time.monotonic()
+                value = message.value()
+                if message.error() is None and value is not None:
+                    arrived[value] = time.monotonic()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -54,7 +55,7 @@ def measure(bootstrap: str, wait_ms: int) -> tuple[float, float]:
         producer.produce(topic, value, key=value)
     producer.flush(10)
     deadline = time.monotonic() + 10
-    while len(arrived) < MESSAGES and time.monotonic() < deadline:
+    while len(arrived) < MESSAGES and time.monotonic() < deadline:  # wait, with a deadline
         time.sleep(0.05)
     done.set()
     reader.join(5)

@@ -4,13 +4,13 @@ Two views of the same samples:
 
 - **self by package**: the file of the innermost frame (who burns the CPU: Faust, aiokafka,
   asyncio, fastjsonschema, River, ...);
-- **by pipeline stage**: the innermost frame that belongs to a known stage of the worker
-  (parse, features, scoring, changelog write, emit, ...); a sample with no such frame is
-  Faust / aiokafka / asyncio machinery outside our code.
+- **by stage**: the innermost frame that belongs to a known stage of the worker (parse,
+  features, scoring, changelog write, emit, ...); for a sample outside our code, the Faust or
+  aiokafka task it runs in (consumer hand-off, stream iteration, changelog publisher, sender).
 
 Usage::
 
-    python bench/profile_summary.py bench/results/profile.speedscope.json
+    python bench/profile_summary.py bench/results/latest.profile.speedscope.json
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ PACKAGE_RULES = [
     ("pushflow, other modules", r"streams/"),
 ]
 # A sample's stage: the innermost frame matching STAGE_RULES (our code, and what it calls);
-# failing that, the innermost frame matching MACHINERY_RULES (work Faust and aiokafka do in
-# their own tasks and threads, such as publishing buffered changelog records).
+# failing that, the outermost frame matching MACHINERY_RULES (the Faust or aiokafka task or
+# thread it runs in, such as the one publishing buffered changelog records).
 STAGE_RULES = [
     ("changelog: table set + state_to_bytes (in handle)",
      r"features\.py:state_to_bytes$|app\.py:_dumps$"
@@ -71,13 +71,14 @@ MACHINERY_RULES = [
     ("changelog: publish (Faust ProducerBuffer task -> aiokafka)",
      r"faust/transport/producer\.py:(_handle_pending|_send_pending)$"),
     ("aiokafka producer sender task (batches -> socket)", r"aiokafka/producer/sender\.py"),
-    ("aiokafka consumer (fetch, decode)", r"aiokafka/consumer/|aiokafka/record/"),
-    ("Faust consumer thread / conductor (hand-off to streams)",
-     r"faust/transport/(consumer|conductor|drivers/aiokafka)\.py"),
-    ("Faust stream iteration + acks", r"faust/streams\.py|faust/agents/|faust/channels\.py"),
+    ("Faust consumer -> stream hand-off (fetcher, conductor)",
+     r"faust/transport/(consumer|conductor)\.py"),
+    ("aiokafka consumer thread (fetch, decode)", r"mode/threads\.py|aiokafka/consumer/"),
+    ("Faust stream iteration + acks", r"faust/agents/|faust/streams\.py|faust/channels\.py"),
     ("Faust monitor sensor", r"faust/sensors/"),
     ("Faust web (metrics scrapes)", r"faust/web/|aiohttp/|prometheus_client"),
     ("timers (mode)", r"mode/timers\.py"),
+    ("Faust aiokafka driver (other)", r"faust/transport/drivers/aiokafka\.py"),
 ]
 
 
@@ -121,7 +122,7 @@ def _classify(labels: list[str], rules: list[tuple[str, re.Pattern[str]]],
     return found
 
 
-def summarise(path: Path, top: int = 20) -> dict[str, Any]:
+def summarise(path: Path, top: int = 40) -> dict[str, Any]:
     """Shares (0..1) of samples by package, by stage, and the top functions."""
     profile = orjson.loads(path.read_bytes())
     frames = profile["shared"]["frames"]
@@ -137,8 +138,10 @@ def summarise(path: Path, top: int = 20) -> dict[str, Any]:
     }
     for stack, weight, thread in stacks:
         leaf = stack[-1]
+        # Our stages: innermost wins (what our code was doing); Faust's and aiokafka's own
+        # tasks: outermost wins (which task it is: the changelog publisher, the sender...).
         stage = next((stage_of[i] for i in reversed(stack) if stage_of[i]), "") or next(
-            (machinery_of[i] for i in reversed(stack) if machinery_of[i]), "")
+            (machinery_of[i] for i in stack if machinery_of[i]), "")
         views["thread"][thread] += weight
         views["package"][package_of[leaf]] += weight
         views["file"][_short_file(frames[leaf])] += weight
@@ -172,7 +175,10 @@ def render(summary: dict[str, Any]) -> str:
                        ("Top functions by self time", "top_self"),
                        ("Top functions by total time", "top_total")):
         out += [f"\n**{title}**\n", "| | share |", "|---|---:|"]
-        out += [f"| {name} | {share:.1%} |" for name, share in summary[key]]
+        rows = summary[key]
+        if key == "top_total":  # the entry points and the event loop are in every sample
+            rows = [(name, share) for name, share in rows if share < 0.9]
+        out += [f"| {name} | {share:.1%} |" for name, share in rows]
     return "\n".join(out) + "\n"
 
 

@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=None, help="distinct users (100000)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--broker-kind", choices=("tansu", "noida"), default="tansu")
-    parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results (bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--quick", action="store_true", help="20k events, 10k users, short phases")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--span-hours", type=float, default=6.0,
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "on the machine to stop (0 = do not wait)")
     args = parser.parse_args(argv)
     quick = args.quick
+    args.out = args.out or BENCH / "results" / ("quick.json" if quick else "latest.json")
     args.events = args.events or (20_000 if quick else 150_000)
     args.users = args.users or (10_000 if quick else 100_000)
     if args.latency_seconds is None:
@@ -229,7 +231,7 @@ class Bench:
             say("no profile (py-spy missing or --profile-seconds 0)")
             return
         self.note_load("profile")
-        out = self.args.out.parent / "profile.speedscope.json"
+        out = self.args.out.with_suffix(".profile.speedscope.json")
         proc = self.procs.start(self.pipeline("profiled", f"bench-profiled-{self.run_id}"))
         try:
             wait_for(lambda: (_pipeline_count(proc) or 0) > 0, 120, "the profiled worker")
@@ -247,7 +249,7 @@ class Bench:
         summary = summarise(out)
         self.result["profile"] = {"file": str(out), "events_during_profile": read,
                                   "seconds": seconds, "cpu": cpu, **summary}
-        (self.args.out.parent / "profile.md").write_text(render(summary))
+        self.args.out.with_suffix(".profile.md").write_text(render(summary))
 
 
 def _baseline_count(proc: Proc) -> int | None:
