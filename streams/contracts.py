@@ -143,6 +143,17 @@ def _check_not_future(obj: dict[str, Any], field: str, latest_ms: int | None) ->
         raise BadTime(f"{field} is {ahead_h:.1f} h beyond the latest accepted time")
 
 
+def parse_tick(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Bytes from ``event-time-ticks`` -> the partition's event time, or a ContractError.
+
+    >>> parse_tick(b'{"now_ms": 1780315200000}')
+    1780315200000
+    """
+    obj = _load_object(raw, max_bytes)
+    _validate("event-time-tick", obj)
+    return int(obj["now_ms"])
+
+
 def parse_user_event(
     raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
 ) -> UserEvent:

@@ -116,6 +116,16 @@ class Metrics:
         self.producer_errors = Counter(
             "pushflow_producer_errors", "Failed sends to output topics.", registry=registry
         )
+        self.reemitted = Counter(
+            "pushflow_reemitted_outputs",
+            "Outputs emitted again, byte for byte, for inputs re-read after a crash.",
+            registry=registry,
+        )
+        self.learned_duplicates = Counter(
+            "pushflow_model_duplicate_examples",
+            "Re-emitted training examples the trainer skipped (already learned).",
+            registry=registry,
+        )
         self.rebalances = Counter(
             "pushflow_rebalances", "Consumer-group rebalances this worker went through.",
             registry=registry,
