@@ -279,7 +279,7 @@ class PushflowWorker:
         await self._write(batch)
         elapsed = time.monotonic() - started
         for _ in range(batch.candidates):
-            self.metrics.decision_latency.labels(clock="processing").observe(elapsed)
+            self.metrics.child(self.metrics.decision_latency, "processing").observe(elapsed)
 
     def _apply(self, message: Any, batch: Batch) -> None:
         topic, partition, offset = message.topic, message.partition, message.offset
@@ -342,6 +342,8 @@ class PushflowWorker:
                     remember(state, TICKS, offset, outputs)
                     batch.states[key] = state
                     batch.add(key, outputs)
+                elif not (state.pending or state.outbox):
+                    self.due[partition].discard(key)  # its stored tick outputs went out
 
     def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch) -> None:
         """An input read again that this user's state already holds (a crash came between
@@ -411,11 +413,11 @@ class PushflowWorker:
     def _count_output(self, topic_field: str, record: dict[str, Any]) -> None:
         m = self.metrics
         if topic_field == "decisions_topic":
-            m.decisions.labels(action=record["action"], reason=record["reason"]).inc()
+            m.child(m.decisions, record["action"], record["reason"]).inc()
         elif topic_field == "intents_topic":
-            m.intents.labels(explore="true" if record["explore"] else "false").inc()
+            m.child(m.intents, "true" if record["explore"] else "false").inc()
         elif topic_field == "training_topic":
-            m.labeled.labels(outcome=record["outcome"]).inc()
+            m.child(m.labeled, record["outcome"]).inc()
 
     def _dead_letter(self, message: Any, error: ContractError, batch: Batch) -> None:
         record = dead_letter(
@@ -438,15 +440,15 @@ class PushflowWorker:
 
     def _count_input(self, topic: str, ignored: str | None) -> None:
         outcome = "ignored" if ignored else "processed"
-        self.metrics.input_messages.labels(topic=topic, outcome=outcome).inc()
+        self.metrics.child(self.metrics.input_messages, topic, outcome).inc()
         if ignored:
-            self.metrics.ignored.labels(topic=topic, reason=ignored).inc()
+            self.metrics.child(self.metrics.ignored, topic, ignored).inc()
 
     def _observe_decision(self, candidate: Any, out: StepOutput) -> None:
         for decision in out.decisions:
             if decision["candidate_id"] == candidate.candidate_id:
                 lag_s = (decision["decided_at_ms"] - candidate.created_at_ms) / 1000
-                self.metrics.decision_latency.labels(clock="event").observe(max(0.0, lag_s))
+                self.metrics.child(self.metrics.decision_latency, "event").observe(max(0.0, lag_s))
                 if decision["p_open"] is not None:
                     self.metrics.p_open.observe(decision["p_open"])
 

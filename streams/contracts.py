@@ -24,7 +24,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -87,6 +87,7 @@ class Candidate:
         return intent_id_for(self.candidate_id)
 
 
+@lru_cache(maxsize=65_536)  # a candidate's id is derived several times while it is decided
 def intent_id_for(candidate_id: str) -> str:
     """Deterministic intent id: a replay of the same candidate re-emits the same id.
 
