@@ -283,9 +283,10 @@ class PushflowWorker:
 
     def _apply(self, message: Any, batch: Batch) -> None:
         topic, partition, offset = message.topic, message.partition, message.offset
-        if offset < self.positions.get((topic, partition), 0):
+        if offset == self.positions.get((topic, partition), 0) - 1:
             # Faust hands a partition's last message over again when it re-fetches (e.g. once
-            # recovery is done); this process has applied and written it already.
+            # recovery is done); this process has applied and written it already. Anything
+            # else read again (a seek back after a rebalance) goes through already_applied.
             return
         self.positions[(topic, partition)] = offset + 1
         kind = self.kinds[topic]
@@ -560,8 +561,8 @@ class PushflowWorker:
             self.dead_letter_codes.clear()
 
     async def _update_lag(self) -> None:
-        tps = [tp for tp in self.app.assignor.assigned_actives()
-               if tp.topic in self.inputs.topics]
+        inputs = (self.topics_by_kind[EVENTS], self.topics_by_kind[CANDIDATES])  # not ticks
+        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in inputs]
         if not tps:
             return
         try:
