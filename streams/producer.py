@@ -75,10 +75,6 @@ class OutputProducer:
         """Serve delivery reports without waiting."""
         self._producer.poll(0)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._producer) + len(self._failed)
-
     async def flush(self) -> None:
         """Wait until every record handed over so far is acknowledged, resending failures."""
         while True:
