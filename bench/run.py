@@ -54,6 +54,11 @@ BENCH = Path(__file__).resolve().parent
 STOP_TIMEOUT_S = 20.0  # SIGTERM -> exit; then SIGKILL (the stop time is reported)
 PER_PASS_TOPICS = ("intents_topic", "decisions_topic", "dead_letters_topic", "training_topic",
                    "snapshots_topic")
+# The worker with other settings, measured beside it in the same run (``--variants``).
+VARIANTS = {
+    "batch-100": {"PUSHFLOW_BATCH_MAX": "100"},  # smaller batches: more flushes, less waiting
+    "wait-50ms": {"PUSHFLOW_BATCH_WAIT_S": "0.05"},  # fuller batches, more latency
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,9 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=None, help="timed load (30)")
     parser.add_argument("--profile-seconds", type=float, default=None,
                         help="py-spy pass length (30); 0 = no profile")
-    parser.add_argument("--variants", nargs="*", default=[],
-                        choices=("batched", "linger", "batched-linger", "direct"),
-                        help="also measure experimental agent shapes (bench/variants.py)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="also measure the worker with other settings (VARIANTS)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=("noop", "counter", "latency", "recovery", "profile"),
                         help="leave phases out (for experiments; the full run has them all)")
@@ -130,8 +134,8 @@ class Bench:
         for field in PER_PASS_TOPICS:  # outputs per pass: passes never read each other's
             topic = getattr(self.settings, field)
             env[f"PUSHFLOW_{field.upper()}"] = f"{topic}-{outputs_of or app_id}"
-        command = ["-m", "streams"] if variant is None else [str(BENCH / "variants.py"), variant]
-        argv = [sys.executable, *command, "worker", "--broker", self.broker_url,
+        env.update(VARIANTS.get(variant or "", {}))
+        argv = [sys.executable, "-m", "streams", "worker", "--broker", self.broker_url,
                 "--app-id", app_id, "--web-port", str(port), "--partitions",
                 str(self.args.partitions), "--data-dir", str(self.scratch / app_id)]
         return Proc(name, argv, port, self.log_dir / f"{name}.log", env)
@@ -315,7 +319,7 @@ def table(result: dict[str, Any]) -> str:
     systems = [("noop", "Faust take(1000) doing nothing"),
                ("counter", "Faust per-event + Table counter"),
                ("pipeline", "pushflow worker (full pipeline)")]
-    systems += [(v, f"variant `{v}` (bench/variants.py)") for v in result.get("variants", {})]
+    systems += [(v, f"worker, variant `{v}`") for v in result.get("variants", {})]
     for key, name in systems:
         run = result.get(key) or result.get("variants", {}).get(key)
         if run is None:

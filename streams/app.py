@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
 from faust.serializers import codecs
-from faust.types import EventT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams.config import decider_config, fresh_model
@@ -29,19 +31,25 @@ from streams.contracts import (
     dead_letter,
     encode,
     parse_candidate,
+    parse_tick,
     parse_user_event,
 )
 from streams.errors import ProcessingError
-from streams.evaluation import Prequential
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
-from streams.model import PushModel
 from streams.pipeline import Decider, StepOutput
+from streams.producer import OutputProducer
+from streams.redelivery import Output, already_applied, forget_committed, remember, stored
 from streams.settings import Settings
 from streams.snapshots import ModelHolder
+from streams.traffic import producer_config
+from streams.training import Trainer
 
 log = logging.getLogger(__name__)
 STATE_CODEC = "pushflow-user-state"
+EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agent's inputs
+OUTPUT_TOPICS = ("decisions_topic", "intents_topic", "training_topic", "dead_letters_topic",
+                 "ticks_topic")
 
 
 class _StateCodec(codecs.Codec):
@@ -105,6 +113,22 @@ class _FaustSensor(faust.Sensor):
         self._metrics.rebalance_seconds.observe(time.monotonic() - state["started"])
 
 
+@dataclass(slots=True)
+class Batch:
+    """What the inputs since the last write did: the user states they touched, the outputs
+    in order."""
+
+    latest_ms: int  # event times beyond this are refused (bad_time)
+    started: float  # monotonic time of the batch's first input
+    states: dict[bytes, UserState] = field(default_factory=dict)
+    outputs: list[tuple[str, bytes | None, dict[str, Any]]] = field(default_factory=list)
+    inputs: int = 0
+    candidates: int = 0
+
+    def add(self, key: bytes, outputs: list[Output]) -> None:
+        self.outputs += [(topic_field, key, record) for topic_field, record in outputs]
+
+
 class PushflowWorker:
     """One worker process: the Faust app, its topics, table, agents, metrics and model."""
 
@@ -113,10 +137,6 @@ class PushflowWorker:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.models = ModelHolder(fresh_model(settings))
-        self.trainer: PushModel | None = None
-        self.training_offset = 0
-        self.last_published = -1
-        self.prequential = Prequential()
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
         # Event time per partition (newest input seen); derived, rebuilt from traffic.
         self.watermarks: dict[int, int] = {}
@@ -127,8 +147,30 @@ class PushflowWorker:
         self.dead_letter_codes: Counter[str] = Counter()
         self.was_ready = False
         self.broker_ok = True
+        self.topic_names = {f: settings.topic(f) for f in OUTPUT_TOPICS}
+        self.topics_by_kind = {
+            EVENTS: settings.topic("user_events_topic"),
+            CANDIDATES: settings.topic("candidates_topic"),
+            TICKS: settings.topic("ticks_topic"),
+        }
+        self.kinds = {topic: kind for kind, topic in self.topics_by_kind.items()}
+        self.batch = self._new_batch()
+        self._write_lock = asyncio.Lock()
         self.app = self._build_app()
         self._wire()
+
+    @functools.cached_property
+    def output(self) -> OutputProducer:
+        """The producer of everything the decision agent writes (created on first use)."""
+        config = {**producer_config(self.settings), "acks": "all", "linger.ms": 5,
+                  "message.timeout.ms": 30_000, "queue.buffering.max.messages": 1_000_000,
+                  "message.max.bytes": max(1_048_576, 4 * self.settings.max_message_bytes)}
+
+        def failed(error: Any) -> None:
+            self.metrics.producer_errors.inc()
+            log.error("send failed: %s", error)
+
+        return OutputProducer(config, failed)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -153,7 +195,6 @@ class PushflowWorker:
             autodiscover=False,
             producer_acks=-1,
             producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
-            processing_guarantee=s.processing_guarantee,
         )
 
     def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:
@@ -168,16 +209,17 @@ class PushflowWorker:
 
     def _wire(self) -> None:
         s = self.settings
-        self.inputs = self._raw_topic(s.topic("user_events_topic"), s.topic("candidates_topic"))
-        self.intents = self._raw_topic(s.topic("intents_topic"))
-        self.decisions = self._raw_topic(s.topic("decisions_topic"))
-        self.dead_letters = self._raw_topic(s.topic("dead_letters_topic"))
+        self.inputs = self._raw_topic(*self.topics_by_kind.values())
         self.training = self._raw_topic(s.topic("training_topic"), partitions=1)
         self.snapshots = self._raw_topic(s.topic("snapshots_topic"), partitions=1)
         self.table = self.app.Table(
             "user-state", partitions=s.partitions, key_type=bytes, value_type=UserStateValue
         )
+        self.changelog = self.table.changelog_topic.get_topic_name()
         self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
+        self.app.task(self._write_loop)
+        self._install_commit_barrier()
+        self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every)
         self.app.agent(self.training, name="pushflow.train")(self._train_agent)
         self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)
         self.app.timer(s.snapshot_interval_s, name="pushflow.snapshot")(self._snapshot_timer)
@@ -226,70 +268,203 @@ class PushflowWorker:
     # --- the decision agent ---------------------------------------------------------------
 
     async def _decide_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
+        """Each input, in partition order, is applied to its user's state in memory and its
+        outputs join the open batch; :meth:`write_pending` writes the batch when it holds
+        ``batch_max`` inputs, ``batch_wait_s`` after it was opened, and before Faust commits
+        any offset (the commit barrier, :meth:`_install_commit_barrier`). Faust acknowledges
+        an input once this loop asks for the next one, so every acknowledged input is applied,
+        and every committed one is written."""
         async for event in stream.events():
-            await self.handle(event)
+            batch = self.batch
+            self._apply(event.message, batch)
+            batch.inputs += 1
+            if batch.inputs >= self.settings.batch_max:
+                await self.write_pending()
             yield None
 
-    async def handle(self, event: EventT) -> None:
-        """One input message: parse, step the user's state, write it, send the outputs."""
-        started = time.monotonic()
-        message = event.message
-        topic = message.topic
-        self.positions[(topic, message.partition)] = message.offset + 1
+    def _new_batch(self) -> Batch:
+        now = time.time()
+        return Batch(latest_ms=int((now + self.settings.max_future_s) * 1000),
+                     started=time.monotonic())
+
+    async def write_pending(self) -> None:
+        """Write the open batch (states, then outputs) and wait for the broker's
+        acknowledgement; batches are written one at a time, in the order they were opened."""
+        async with self._write_lock:
+            batch, self.batch = self.batch, self._new_batch()
+            if not (batch.inputs or batch.states or batch.outputs):
+                return
+            await self._write(batch)
+        if batch.candidates:
+            elapsed = time.monotonic() - batch.started
+            histogram = self.metrics.child(self.metrics.decision_latency, "processing")
+            for _ in range(batch.candidates):
+                histogram.observe(elapsed)
+
+    async def _write_loop(self) -> None:
+        """Writes the open batch every ``batch_wait_s``, so a quiet stream's outputs do not
+        wait for the batch to fill."""
+        while not self.app.should_stop:
+            await asyncio.sleep(self.settings.batch_wait_s)
+            if self.batch.inputs or self.batch.outputs:
+                try:
+                    await self.write_pending()
+                except Exception:  # a bug: say so, and let the next write try again
+                    log.exception("writing a batch failed")
+
+    def _install_commit_barrier(self) -> None:
+        """Faust flushes its producer before it commits offsets (and when partitions are
+        revoked or the worker stops): write the open batch there first, so no offset is
+        committed ahead of the states and outputs of the inputs below it."""
+        producer = self.app.producer
+        faust_flush = producer.flush
+
+        async def flush() -> None:
+            await self.write_pending()
+            await faust_flush()
+
+        producer.flush = flush  # type: ignore[method-assign]
+
+    def _apply(self, message: Any, batch: Batch) -> None:
+        topic, partition, offset = message.topic, message.partition, message.offset
+        if offset == self.positions.get((topic, partition), 0) - 1:
+            # Faust hands a partition's last message over again when it re-fetches (e.g. once
+            # recovery is done); this process has applied and written it already. Anything
+            # else read again (a seek back after a rebalance) goes through already_applied.
+            return
+        self.positions[(topic, partition)] = offset + 1
+        kind = self.kinds[topic]
+        if kind == TICKS:
+            self._apply_tick(message, batch)
+            return
         try:
-            parsed = self._parse(topic, event.key, event.value)
+            parsed = self._parse(kind, message.key, message.value, batch.latest_ms)
         except ContractError as exc:
-            await self._dead_letter(event, exc)
+            self._dead_letter(message, exc, batch)
             return
         key = message.key or b""  # the contract checked it is the user id
-        state = self.table.get(key) or UserState(parsed.user_id)
-        state.partition = message.partition
+        state = batch.states.get(key) or self.table.data.get(key) or UserState(parsed.user_id)
+        if already_applied(state, kind, offset):
+            self._reemit(key, state, kind, offset, batch)
+            return
+        state.partition = partition
         try:
-            if topic == self.settings.topic("candidates_topic"):
+            if kind == CANDIDATES:
                 out = self.decider.on_candidate(state, parsed)
             else:
                 out = self.decider.on_event(state, parsed)
         except Exception as exc:  # a bug: surface it loudly, keep the partition moving
-            log.exception(
-                "processing failed for %s[%d]@%d", topic, message.partition, message.offset
-            )
-            await self._dead_letter(event, ProcessingError(f"{type(exc).__name__}: {exc}"))
+            log.exception("processing failed for %s[%d]@%d", topic, partition, offset)
+            self._dead_letter(message, ProcessingError(f"{type(exc).__name__}: {exc}"), batch)
             return
-        self.table[key] = state
-        self._track(message.partition, key, state)
-        await self._emit(key, out)
-        self._count_input(topic, out)
-        if topic == self.settings.topic("candidates_topic"):
-            self._observe_decision(parsed, out, started)
+        outputs = self._outputs(out, topic, partition, offset)
+        remember(state, kind, offset, outputs)
+        batch.states[key] = state
+        batch.add(key, outputs)
+        self._count_input(topic, out.ignored)
+        if kind == CANDIDATES:
+            batch.candidates += 1
+            self._observe_decision(parsed, out)
 
-    def _parse(self, topic: str, key: bytes | None, raw: bytes | None) -> Any:
+    def _apply_tick(self, message: Any, batch: Batch) -> None:
+        """Event time of this partition reached ``now_ms``: expire labels, release pushes."""
+        partition, offset = message.partition, message.offset
+        try:
+            now_ms = parse_tick(message.value or b"", self.settings.max_message_bytes)
+        except ContractError as exc:
+            self._dead_letter(message, exc, batch)
+            return
+        for key in list(self.due[partition]):
+            state = batch.states.get(key) or self.table.data.get(key)
+            if state is None or state.partition != partition:
+                self.due[partition].discard(key)
+            elif already_applied(state, TICKS, offset):
+                batch.add(key, stored(state, TICKS, offset))
+            else:
+                out = self.decider.on_tick(state, now_ms)
+                if out.decisions or out.intents or out.examples:
+                    outputs = self._outputs(out, message.topic, partition, offset)
+                    remember(state, TICKS, offset, outputs)
+                    batch.states[key] = state
+                    batch.add(key, outputs)
+                elif not (state.pending or state.outbox):
+                    self.due[partition].discard(key)  # its stored tick outputs went out
+
+    def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch) -> None:
+        """An input read again that this user's state already holds (a crash came between
+        the state write and the offset commit): emit what it emitted, byte for byte."""
+        outputs = stored(state, kind, offset)
+        batch.add(key, outputs)
+        self.metrics.reemitted.inc(len(outputs))
+        topic = self.topics_by_kind[kind]
+        self._count_input(topic, None if outputs else "already_applied")
+
+    def _outputs(self, out: StepOutput, topic: str, partition: int, offset: int) -> list[Output]:
+        outputs: list[Output] = [("decisions_topic", d) for d in out.decisions]
+        outputs += [("intents_topic", i) for i in out.intents]
+        for index, example in enumerate(out.examples):
+            record = dataclasses.asdict(example)
+            record["source"] = {"topic": topic, "partition": partition, "offset": offset,
+                                "index": index}
+            outputs.append(("training_topic", record))
+        return outputs
+
+    def _parse(self, kind: str, key: bytes | None, raw: bytes | None, latest_ms: int) -> Any:
         limit = self.settings.max_message_bytes
-        latest = int((time.time() + self.settings.max_future_s) * 1000)
-        if topic == self.settings.topic("candidates_topic"):
-            return parse_candidate(raw or b"", key, limit, latest)
-        return parse_user_event(raw or b"", key, limit, latest)
+        if kind == CANDIDATES:
+            return parse_candidate(raw or b"", key, limit, latest_ms)
+        return parse_user_event(raw or b"", key, limit, latest_ms)
 
     def _track(self, partition: int, key: bytes, state: UserState) -> None:
         self.watermarks[partition] = max(self.watermarks.get(partition, 0), state.watermark_ms)
-        if state.pending or state.outbox:
+        if state.pending or state.outbox or any(e[0] == TICKS for e in state.unconfirmed):
             self.due[partition].add(key)
         else:
             self.due[partition].discard(key)
 
-    async def _emit(self, key: bytes, out: StepOutput) -> None:
-        for decision in out.decisions:
-            await self.decisions.send(key=key, value=encode(decision))
-            labels = {"action": decision["action"], "reason": decision["reason"]}
-            self.metrics.decisions.labels(**labels).inc()
-        for intent in out.intents:
-            await self.intents.send(key=key, value=encode(intent))
-            self.metrics.intents.labels(explore=str(intent["explore"]).lower()).inc()
-        for example in out.examples:
-            await self.training.send(key=key, value=encode(example))
-            self.metrics.labeled.labels(outcome=example.outcome).inc()
+    async def _write(self, batch: Batch) -> None:
+        """States first, then outputs: a crash in between re-emits the stored outputs.
 
-    async def _dead_letter(self, event: EventT, error: ContractError) -> None:
-        message = event.message
+        Each changelog partition written to then gets its last record once more, alone in
+        its request: some brokers (tansu) report the high watermark as the start of the last
+        batch + 1, and Faust's recovery would stop there and miss the rest of a batch.
+        """
+        committed = self._committed_by_partition()
+        last: dict[int, tuple[bytes, bytes]] = {}
+        for key, state in batch.states.items():
+            forget_committed(state, committed.get(state.partition, {}))
+            self.table.data[key] = state
+            last[state.partition] = (key, state_to_bytes(state))
+            self.output.produce(self.changelog, key, last[state.partition][1], state.partition)
+            self._track(state.partition, key, state)
+        if batch.states:
+            await self.output.flush()
+        for partition, (key, raw) in last.items():
+            self.output.produce(self.changelog, key, raw, partition)
+        for topic_field, output_key, record in batch.outputs:
+            self.output.produce(self.topic_names[topic_field], output_key, encode(record))
+            self._count_output(topic_field, record)
+        if batch.outputs or last:
+            await self.output.flush()
+
+    def _committed_by_partition(self) -> dict[int, dict[str, int]]:
+        committed: dict[int, dict[str, int]] = defaultdict(dict)
+        for tp, offset in self.app.consumer._committed_offset.items():  # type: ignore[attr-defined]
+            kind = self.kinds.get(tp.topic)
+            if kind is not None and offset is not None:
+                committed[tp.partition][kind] = offset
+        return committed
+
+    def _count_output(self, topic_field: str, record: dict[str, Any]) -> None:
+        m = self.metrics
+        if topic_field == "decisions_topic":
+            m.child(m.decisions, record["action"], record["reason"]).inc()
+        elif topic_field == "intents_topic":
+            m.child(m.intents, "true" if record["explore"] else "false").inc()
+        elif topic_field == "training_topic":
+            m.child(m.labeled, record["outcome"]).inc()
+
+    def _dead_letter(self, message: Any, error: ContractError, batch: Batch) -> None:
         record = dead_letter(
             raw=message.value,
             key=message.key,
@@ -299,7 +474,7 @@ class PushflowWorker:
             error=error,
             failed_at_ms=int(time.time() * 1000),
         )
-        await self.dead_letters.send(key=message.key, value=encode(record))
+        batch.outputs.append(("dead_letters_topic", message.key, record))
         self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
         self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
         log.debug(
@@ -308,21 +483,19 @@ class PushflowWorker:
         )
         self.dead_letter_codes[error.code] += 1
 
-    def _count_input(self, topic: str, out: StepOutput) -> None:
-        outcome = "ignored" if out.ignored else "processed"
-        self.metrics.input_messages.labels(topic=topic, outcome=outcome).inc()
-        if out.ignored:
-            self.metrics.ignored.labels(topic=topic, reason=out.ignored).inc()
+    def _count_input(self, topic: str, ignored: str | None) -> None:
+        outcome = "ignored" if ignored else "processed"
+        self.metrics.child(self.metrics.input_messages, topic, outcome).inc()
+        if ignored:
+            self.metrics.child(self.metrics.ignored, topic, ignored).inc()
 
-    def _observe_decision(self, candidate: Any, out: StepOutput, started: float) -> None:
+    def _observe_decision(self, candidate: Any, out: StepOutput) -> None:
         for decision in out.decisions:
             if decision["candidate_id"] == candidate.candidate_id:
                 lag_s = (decision["decided_at_ms"] - candidate.created_at_ms) / 1000
-                self.metrics.decision_latency.labels(clock="event").observe(max(0.0, lag_s))
+                self.metrics.child(self.metrics.decision_latency, "event").observe(max(0.0, lag_s))
                 if decision["p_open"] is not None:
                     self.metrics.p_open.observe(decision["p_open"])
-        elapsed = time.monotonic() - started
-        self.metrics.decision_latency.labels(clock="processing").observe(elapsed)
 
     # --- event-time ticks -----------------------------------------------------------------
 
@@ -332,39 +505,25 @@ class PushflowWorker:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
 
     async def _tick(self) -> None:
-        """Expire labels and release held pushes on every active partition's event time."""
+        """Send each active partition's event time, as a tick, to the decision agent: what a
+        tick releases or expires is then tied to an input offset like any other output."""
         if not self.due_built:
             if not self._recovered():
                 return
             self._rebuild_due_index()
         for partition in self._active_partitions():
             now = self.watermarks.get(partition)
-            if now is not None:
-                await self._tick_partition(partition, now)
+            if now is not None and self.due[partition]:
+                tick = orjson.dumps({"now_ms": now})
+                self.output.produce(self.topic_names["ticks_topic"], None, tick, partition)
+        self.output.poll()
 
     def _rebuild_due_index(self) -> None:
         """Users with pending labels or held pushes, from the (recovered) state table."""
         self.due.clear()
         for key, state in self.table.data.items():
-            if state.pending or state.outbox:
-                self.due[state.partition].add(key)
-                self.watermarks[state.partition] = max(
-                    self.watermarks.get(state.partition, 0), state.watermark_ms
-                )
+            self._track(state.partition, key, state)
         self.due_built = True
-
-    async def _tick_partition(self, partition: int, now_ms: int) -> None:
-        for key in list(self.due[partition]):
-            state = self.table.data.get(key)
-            if state is None or state.partition != partition:
-                self.due[partition].discard(key)
-                continue
-            out = self.decider.on_tick(state, now_ms)
-            if out.decisions or out.examples or out.intents:
-                self.table.data[key] = state
-                self.table.send_changelog(partition, key, state)
-                self._track(partition, key, state)
-                await self._emit(key, out)
 
     async def _expire_inactive(self) -> None:
         """Forget users inactive for ``user_ttl_s`` of event time with nothing in flight."""
@@ -380,7 +539,7 @@ class PushflowWorker:
         ]
         for key, partition in expired:
             del self.table.data[key]
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            self.output.produce(self.changelog, key, None, partition)
         if expired:
             self.metrics.expired_users.inc(len(expired))
             log.info("expired %d users inactive for %ds", len(expired), self.settings.user_ttl_s)
@@ -392,11 +551,10 @@ class PushflowWorker:
         log.info("partitions assigned: %s", sorted(set(inputs)),
                  extra={"event": "assigned", "partitions": sorted(set(inputs))})
         training_tp = {tp for tp in assigned if tp.topic == self.settings.topic("training_topic")}
-        if training_tp and self.trainer is None:
-            self._start_training()
-        elif not training_tp and self.trainer is not None:
-            self.trainer = None
-            log.info("training moved to another worker")
+        if training_tp and not self.trainer.active:
+            self.trainer.start()
+        elif not training_tp and self.trainer.active:
+            self.trainer.stop()
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         """Forget what this worker no longer owns: positions and lag series."""
@@ -414,57 +572,28 @@ class PushflowWorker:
         Faust would otherwise wait for, and a restart then loses nothing."""
         log.info("worker stopping: committing offsets and flushing outputs",
                  extra={"event": "stopping"})
-        if self.trainer is not None and self.trainer.version > self.last_published:
+        if self.trainer.unpublished:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publish_snapshot(), 5.0)
+                await asyncio.wait_for(self.trainer.publish_snapshot(), 5.0)
+        await self.write_pending()
+        if "output" in self.__dict__:
+            await asyncio.get_running_loop().run_in_executor(None, self.output.close, 5.0)
 
     # --- training -------------------------------------------------------------------------
 
     async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Learn each resolved label once. Examples already inside the restored snapshot
-        (offset below its ``training_offset``) are skipped, so a re-read after a restart never
-        learns a label twice; a kill -9 loses at most what was learned since the last
-        snapshot (``snapshot_interval_s``)."""
+        """Every labeled example, once, to the trainer (:mod:`streams.training`); it is
+        acknowledged as soon as it is learned."""
         async for event in stream.events():
-            if event.message.offset >= self.training_offset:
-                self.learn(orjson.loads(event.value))
-                self.training_offset = event.message.offset + 1
-            due = self.trainer.version - self.last_published if self.trainer else 0
-            if due >= self.settings.snapshot_every:
-                await self.publish_snapshot()
+            await self.trainer.on_example(event.message.offset, event.value)
             yield None
 
-    def learn(self, example: dict[str, Any]) -> None:
-        if self.trainer is None:
-            self._start_training()
-        assert self.trainer is not None
-        if example.get("p_open") is not None:
-            self.prequential.update(example["p_open"], example["label"])
-        self.trainer.learn(
-            example["features"], opened=bool(example["label"]), disabled=bool(example["disabled"])
-        )
-        self.metrics.learned.inc()
-
-    def _start_training(self) -> None:
-        self.trainer = self.models.serving.clone()
-        self.training_offset = self.models.training_offset
-        self.last_published = self.trainer.version
-        log.info("training here from model version %d (training offset %d)",
-                 self.trainer.version, self.training_offset)
+    async def _publish(self, snapshot: bytes) -> None:
+        await self.snapshots.send(key=b"model", value=snapshot)
 
     async def _snapshot_timer(self) -> None:
-        if self.trainer is not None and self.trainer.version > self.last_published:
-            await self.publish_snapshot()
-
-    async def publish_snapshot(self) -> None:
-        assert self.trainer is not None
-        model = self.trainer.clone()
-        meta = {"training_offset": self.training_offset}
-        await self.snapshots.send(key=b"model", value=model.to_snapshot(meta))
-        self.last_published = model.version
-        self.models.offer(model, int(time.time() * 1000), self.training_offset)
-        self.metrics.model_version.set(model.version)
-        log.debug("published model snapshot version %d", model.version)
+        if self.trainer.unpublished:
+            await self.trainer.publish_snapshot()
 
     # --- gauges ---------------------------------------------------------------------------
 
@@ -477,8 +606,8 @@ class PushflowWorker:
             self.dead_letter_codes.clear()
 
     async def _update_lag(self) -> None:
-        tps = [tp for tp in self.app.assignor.assigned_actives()
-               if tp.topic in self.inputs.topics]
+        inputs = (self.topics_by_kind[EVENTS], self.topics_by_kind[CANDIDATES])  # not ticks
+        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in inputs]
         if not tps:
             return
         try:
@@ -504,7 +633,7 @@ class PushflowWorker:
         m.model_version.set(self.models.serving.version)
         if self.models.published_at_ms is not None:
             m.snapshot_age.set(time.time() - self.models.published_at_ms / 1000)
-        report = self.prequential.report()
+        report = self.trainer.prequential.report()
         m.rolling_auc.set(report["rolling_auc"])
         m.log_loss.set(report["log_loss"])
         m.calibration_error.set(report["calibration_error"])

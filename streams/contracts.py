@@ -24,7 +24,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -87,6 +87,7 @@ class Candidate:
         return intent_id_for(self.candidate_id)
 
 
+@lru_cache(maxsize=65_536)  # a candidate's id is derived several times while it is decided
 def intent_id_for(candidate_id: str) -> str:
     """Deterministic intent id: a replay of the same candidate re-emits the same id.
 
@@ -141,6 +142,17 @@ def _check_not_future(obj: dict[str, Any], field: str, latest_ms: int | None) ->
     if latest_ms is not None and obj[field] > latest_ms:
         ahead_h = (obj[field] - latest_ms) / 3_600_000
         raise BadTime(f"{field} is {ahead_h:.1f} h beyond the latest accepted time")
+
+
+def parse_tick(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Bytes from ``event-time-ticks`` -> the partition's event time, or a ContractError.
+
+    >>> parse_tick(b'{"now_ms": 1780315200000}')
+    1780315200000
+    """
+    obj = _load_object(raw, max_bytes)
+    _validate("event-time-tick", obj)
+    return int(obj["now_ms"])
 
 
 def parse_user_event(

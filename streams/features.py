@@ -76,6 +76,9 @@ class UserState:
     pending: dict[str, PendingLabel] = field(default_factory=dict)
     resolved: dict[str, int] = field(default_factory=dict)  # intent id -> when (for a day)
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Delivery bookkeeping of the worker (streams.redelivery), not features.
+    applied: dict[str, int] = field(default_factory=dict)
+    unconfirmed: list[list[Any]] = field(default_factory=list)
 
     def advance(self, at_ms: int) -> None:
         """Move this user's event-time watermark; older input still lands in its bucket.

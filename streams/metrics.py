@@ -13,6 +13,8 @@ No user ids or other unbounded values are used as labels. The catalogue is docs/
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -116,6 +118,16 @@ class Metrics:
         self.producer_errors = Counter(
             "pushflow_producer_errors", "Failed sends to output topics.", registry=registry
         )
+        self.reemitted = Counter(
+            "pushflow_reemitted_outputs",
+            "Outputs emitted again, byte for byte, for inputs re-read after a crash.",
+            registry=registry,
+        )
+        self.learned_duplicates = Counter(
+            "pushflow_model_duplicate_examples",
+            "Re-emitted training examples the trainer skipped (already learned).",
+            registry=registry,
+        )
         self.rebalances = Counter(
             "pushflow_rebalances", "Consumer-group rebalances this worker went through.",
             registry=registry,
@@ -124,10 +136,19 @@ class Metrics:
             "pushflow_rebalance_duration_seconds", "Time from rebalance start to end.",
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._start_known_labels()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per label set (the hot path's way)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def _start_known_labels(self) -> None:
         """Closed label sets start at zero, so ratios read 0 instead of 'no data'."""

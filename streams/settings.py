@@ -75,9 +75,11 @@ class Settings:
     dead_letters_topic: str = "dead-letters"
     training_topic: str = "training-examples"
     snapshots_topic: str = "model-snapshots"
+    ticks_topic: str = "event-time-ticks"
     session_timeout_s: float = 10.0
-    # at_least_once everywhere; exactly_once needs broker transactions (Apache Kafka, noida)
-    processing_guarantee: str = "at_least_once"
+    # inputs decided per batch, and how long a batch waits to fill (adds to latency)
+    batch_max: int = 500
+    batch_wait_s: float = 0.01
     # --- security (passed through to both Kafka clients)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
@@ -139,6 +141,8 @@ class Settings:
         self._check_range("holdout_share", 0.0, 1.0)
         self._check_range("explore_share", 0.0, 1.0)
         self._check_range("partitions", 1, 100_000)
+        self._check_range("batch_max", 1, 100_000)
+        self._check_range("batch_wait_s", 0.0, 10.0)
         self._check_range("quiet_start_hour", 0, 23)
         self._check_range("quiet_end_hour", 0, 23)
         self._check_choice("log_format", ("text", "json"))

@@ -27,12 +27,20 @@ class ModelHolder:
     def __init__(self, fresh: PushModel) -> None:
         self.serving = fresh
         self.published_at_ms: int | None = None
-        # Offset in the training-examples topic up to which ``serving`` has learned.
+        # Offset in the training-examples topic up to which ``serving`` has learned, and the
+        # newest source position learned per input partition (re-emitted examples are older).
         self.training_offset = 0
+        self.learned_upto: dict[str, list[int]] = {}
         self.refused = 0
         self._lock = threading.Lock()
 
-    def offer(self, model: PushModel, published_at_ms: int, training_offset: int = 0) -> bool:
+    def offer(
+        self,
+        model: PushModel,
+        published_at_ms: int,
+        training_offset: int = 0,
+        learned_upto: Mapping[str, list[int]] | None = None,
+    ) -> bool:
         """Serve ``model`` if it is newer than the current one; True if it was taken."""
         with self._lock:
             if model.version <= self.serving.version and self.published_at_ms is not None:
@@ -40,6 +48,7 @@ class ModelHolder:
             self.serving = model
             self.published_at_ms = published_at_ms
             self.training_offset = training_offset
+            self.learned_upto = dict(learned_upto or {})
             return True
 
     def offer_bytes(self, raw: bytes, published_at_ms: int) -> bool:
@@ -48,7 +57,9 @@ class ModelHolder:
             if int(header.get("version", -1)) <= self.serving.version:
                 return False
             offset = int(header.get("training_offset", 0))
-            return self.offer(PushModel.from_snapshot(raw), published_at_ms, offset)
+            learned_upto = header.get("learned_upto") or {}
+            model = PushModel.from_snapshot(raw)
+            return self.offer(model, published_at_ms, offset, learned_upto)
         except SnapshotError as exc:
             self.refused += 1
             log.error("refused model snapshot: %s", exc)

@@ -22,6 +22,7 @@ CO_PARTITIONED = (
     "dead_letters_topic",
 )
 WEEK_MS = str(7 * 24 * 3600 * 1000)
+DAY_MS = str(24 * 3600 * 1000)
 
 
 def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
@@ -30,6 +31,14 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
         TopicSpec(settings.topic(f), settings.partitions, settings.replication)
         for f in CO_PARTITIONED
     ]
+    specs.append(  # the decision agent reads these with the inputs of the same partition
+        TopicSpec(
+            settings.topic("ticks_topic"),
+            settings.partitions,
+            settings.replication,
+            {"retention.ms": DAY_MS},
+        )
+    )
     specs.append(
         TopicSpec(
             settings.topic("training_topic"), 1, settings.replication, {"retention.ms": WEEK_MS}

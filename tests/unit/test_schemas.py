@@ -26,7 +26,8 @@ OUTPUT_SCHEMAS = (
     "dead-letter",
     "training-example",
 )
-ALL_SCHEMAS = INPUT_SCHEMAS + OUTPUT_SCHEMAS
+INTERNAL_SCHEMAS = ("event-time-tick",)  # written and read by the worker itself
+ALL_SCHEMAS = INPUT_SCHEMAS + OUTPUT_SCHEMAS + INTERNAL_SCHEMAS
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 

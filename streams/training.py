@@ -1,0 +1,128 @@
+"""The trainer: learns every resolved label once and publishes versioned model snapshots.
+
+One worker trains at a time: the one that owns the single partition of ``training-examples``.
+It starts from the newest snapshot (where that snapshot's ``training_offset`` says it stopped)
+and publishes a snapshot every ``snapshot_every`` labels or ``snapshot_interval_s``, which every
+worker, itself included, then serves (:mod:`streams.snapshots`).
+
+Each label is learned once: examples below the restored snapshot's ``training_offset`` are
+skipped on a re-read, and so is an example the decision agent emitted again after a crash (its
+``source`` position is not newer than the last one learned from that input partition; the
+positions travel in the snapshot). A kill -9 loses at most what was learned since the last
+snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from streams.evaluation import Prequential
+from streams.metrics import Metrics
+from streams.model import PushModel
+from streams.snapshots import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Learning and snapshot publishing for the worker that owns the training partition.
+
+    Parameters
+    ----------
+    models
+        The worker's serving model; training starts from it and offers each snapshot to it.
+    metrics
+        Where learning is counted.
+    publish
+        Writes one snapshot (bytes) to the snapshot topic.
+    snapshot_every
+        Labels learned between two snapshots (a timer also publishes, see the worker).
+    """
+
+    def __init__(
+        self,
+        models: ModelHolder,
+        metrics: Metrics,
+        publish: Callable[[bytes], Awaitable[None]],
+        snapshot_every: int,
+    ) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.publish = publish
+        self.snapshot_every = snapshot_every
+        self.model: PushModel | None = None
+        self.training_offset = 0
+        self.learned_upto: dict[str, list[int]] = {}
+        self.last_published = -1
+        self.prequential = Prequential()
+
+    @property
+    def active(self) -> bool:
+        return self.model is not None
+
+    def start(self) -> None:
+        """Train here from the newest snapshot this worker serves."""
+        self.model = self.models.serving.clone()
+        self.training_offset = self.models.training_offset
+        self.learned_upto = dict(self.models.learned_upto)
+        self.last_published = self.model.version
+        log.info("training here from model version %d (training offset %d)",
+                 self.model.version, self.training_offset)
+
+    def stop(self) -> None:
+        self.model = None
+        log.info("training moved to another worker")
+
+    async def on_example(self, offset: int, raw: bytes) -> None:
+        """One record of the training topic at ``offset``."""
+        if offset >= self.training_offset:
+            self.learn(orjson.loads(raw))
+            self.training_offset = offset + 1
+        if self.unpublished >= self.snapshot_every:
+            await self.publish_snapshot()
+
+    @property
+    def unpublished(self) -> int:
+        """Labels learned since the last snapshot."""
+        return 0 if self.model is None else self.model.version - self.last_published
+
+    def learn(self, example: dict[str, Any]) -> None:
+        if self.model is None:
+            self.start()
+        assert self.model is not None
+        if self._learned_before(example.get("source")):
+            self.metrics.learned_duplicates.inc()
+            return
+        if example.get("p_open") is not None:
+            self.prequential.update(example["p_open"], example["label"])
+        self.model.learn(
+            example["features"], opened=bool(example["label"]), disabled=bool(example["disabled"])
+        )
+        self.metrics.learned.inc()
+
+    def _learned_before(self, source: dict[str, Any] | None) -> bool:
+        """Whether an example from this source position was learned already."""
+        if source is None:
+            return False
+        where = f"{source['topic']}:{source['partition']}"
+        position = [source["offset"], source["index"]]
+        if position <= self.learned_upto.get(where, [-1, -1]):
+            return True
+        self.learned_upto[where] = position
+        return False
+
+    async def publish_snapshot(self) -> None:
+        assert self.model is not None
+        model = self.model.clone()
+        upto = dict(self.learned_upto)
+        meta = {"training_offset": self.training_offset, "learned_upto": upto}
+        await self.publish(model.to_snapshot(meta))
+        self.last_published = model.version
+        self.models.offer(model, int(time.time() * 1000), self.training_offset, upto)
+        self.metrics.model_version.set(model.version)
+        log.debug("published model snapshot version %d", model.version)
