@@ -34,6 +34,7 @@ from streams.contracts import (
     parse_tick,
     parse_user_event,
 )
+from streams.coordination import keep_member_id_on_illegal_generation
 from streams.errors import ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
@@ -156,6 +157,7 @@ class PushflowWorker:
         self.kinds = {topic: kind for kind, topic in self.topics_by_kind.items()}
         self.batch = self._new_batch()
         self._write_lock = asyncio.Lock()
+        keep_member_id_on_illegal_generation()
         self.app = self._build_app()
         self._wire()
 
