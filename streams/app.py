@@ -48,6 +48,8 @@ from streams.training import Trainer
 
 log = logging.getLogger(__name__)
 STATE_CODEC = "pushflow-user-state"
+REWIND_WAIT_S = 10.0  # how long a commit waits for skipped inputs to be read again
+REWIND_RESEEK_S = 0.5  # how long a seek back has to take effect before it is repeated
 EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agent's inputs
 OUTPUT_TOPICS = ("decisions_topic", "intents_topic", "training_topic", "dead_letters_topic",
                  "ticks_topic")
@@ -115,6 +117,16 @@ class _FaustSensor(faust.Sensor):
 
 
 @dataclass(slots=True)
+class Rewind:
+    """A partition read again from ``first_missing``: the consumer jumped to ``jumped_to``."""
+
+    tp: Any
+    first_missing: int
+    jumped_to: int
+    sought_at: float | None = None
+
+
+@dataclass(slots=True)
 class Batch:
     """What the inputs since the last write did: the user states they touched, the outputs
     in order."""
@@ -145,6 +157,9 @@ class PushflowWorker:
         self.due_built = False
         # Next offset to process per input partition, for the consumer-lag gauge.
         self.positions: dict[tuple[str, int], int] = {}
+        # Input partitions read again from an offset the consumer skipped (see _skipped).
+        self.rewinding: dict[tuple[str, int], Rewind] = {}
+        self.rewound: dict[tuple[str, int], int] = {}
         self.dead_letter_codes: Counter[str] = Counter()
         self.was_ready = False
         self.broker_ok = True
@@ -279,6 +294,8 @@ class PushflowWorker:
         async for event in stream.events():
             batch = self.batch
             self._apply(event.message, batch)
+            if self.rewinding:
+                await self._seek_back()
             batch.inputs += 1
             if batch.inputs >= self.settings.batch_max:
                 await self.write_pending()
@@ -308,6 +325,8 @@ class PushflowWorker:
         wait for the batch to fill."""
         while not self.app.should_stop:
             await asyncio.sleep(self.settings.batch_wait_s)
+            if self.rewinding:
+                await self._seek_back()
             if self.batch.inputs or self.batch.outputs:
                 try:
                     await self.write_pending()
@@ -322,6 +341,9 @@ class PushflowWorker:
         faust_flush = producer.flush
 
         async def flush() -> None:
+            deadline = time.monotonic() + REWIND_WAIT_S
+            while self.rewinding and not self.app.rebalancing and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # inputs being read again: commit after them
             await self.write_pending()
             await faust_flush()
 
@@ -333,6 +355,8 @@ class PushflowWorker:
             # Faust hands a partition's last message over again when it re-fetches (e.g. once
             # recovery is done); this process has applied and written it already. Anything
             # else read again (a seek back after a rebalance) goes through already_applied.
+            return
+        if self._skipped(message):
             return
         self.positions[(topic, partition)] = offset + 1
         kind = self.kinds[topic]
@@ -367,6 +391,49 @@ class PushflowWorker:
         if kind == CANDIDATES:
             batch.candidates += 1
             self._observe_decision(parsed, out)
+
+    def _skipped(self, message: Any) -> bool:
+        """Whether to pass over this input because the consumer skipped inputs before it.
+
+        Faust can move a partition's fetch position past inputs it never handed over (records
+        dropped while its flow is paused around a recovery, then a seek to the committed offset
+        that lands behind the fetch position); it counts them as a gap, i.e. done. The worker
+        notices the jump, seeks back to the first missing offset and passes over everything
+        until the re-read arrives; a second jump from the same offset is a real gap (e.g.
+        transaction markers) and is accepted. The commit barrier waits for the re-read, so no
+        offset is committed past an input that was never applied.
+        """
+        where = (message.topic, message.partition)
+        offset = message.offset
+        rewind = self.rewinding.get(where)
+        if rewind is not None:
+            if not rewind.first_missing <= offset <= rewind.jumped_to:
+                return True  # handed over before the seek, or applied already
+            del self.rewinding[where]  # the re-read: from the first missing offset on, or
+            return False  # from the same jump again (those offsets hold no records)
+        expected = self.positions.get(where)
+        if expected is None or offset <= expected or self.rewound.get(where) == expected:
+            return False
+        log.warning("the consumer skipped %s[%d] offsets %d..%d: reading them again",
+                    message.topic, message.partition, expected, offset - 1)
+        self.rewinding[where] = Rewind(message.tp, expected, offset)
+        self.rewound[where] = expected
+        return True
+
+    async def _seek_back(self) -> None:
+        """Seek each partition being read again to its first missing offset, again every
+        ``REWIND_RESEEK_S`` until the re-read arrives: Faust's fetcher can overwrite the read
+        offset of a seek with a record it was handing over from before it."""
+        now = time.monotonic()
+        for where, rewind in list(self.rewinding.items()):
+            if rewind.sought_at is not None and now - rewind.sought_at < REWIND_RESEEK_S:
+                continue
+            rewind.sought_at = now
+            try:
+                await self.app.consumer.seek(rewind.tp, rewind.first_missing)
+            except Exception as exc:  # e.g. revoked meanwhile: its new owner reads it
+                log.warning("seeking %s to %d failed: %r", rewind.tp, rewind.first_missing, exc)
+                self.rewinding.pop(where, None)
 
     def _apply_tick(self, message: Any, batch: Batch) -> None:
         """Event time of this partition reached ``now_ms``: expire labels, release pushes."""
@@ -563,6 +630,8 @@ class PushflowWorker:
         gone = sorted({tp.partition for tp in revoked if tp.topic in self.inputs.topics})
         for tp in revoked:
             self.positions.pop((tp.topic, tp.partition), None)
+            self.rewinding.pop((tp.topic, tp.partition), None)
+            self.rewound.pop((tp.topic, tp.partition), None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         self.was_ready = False
