@@ -32,27 +32,21 @@ def answered_with(error: type[errors.KafkaError]) -> Any:
     return do_commit
 
 
-def test_illegal_generation_keeps_the_member_id_and_rejoins() -> None:
+@pytest.mark.parametrize(("error", "member_id_after"), [
+    (errors.IllegalGenerationError, "aiokafka-1-abc"),  # kept: the id may still be valid
+    (errors.UnknownMemberIdError, JoinGroupRequest.UNKNOWN_MEMBER_ID),  # forgotten as before
+])
+def test_a_failed_commit_rejoins_keeping_the_member_id_only_if_it_may_be_valid(
+    error: type[errors.KafkaError], member_id_after: str,
+) -> None:
     async def run() -> GroupCoordinator:
         c = coordinator(asyncio.get_running_loop())
-        with pytest.raises(errors.IllegalGenerationError):
-            await keeping_member_id(answered_with(errors.IllegalGenerationError))(c, None, {})
+        with pytest.raises(error):
+            await keeping_member_id(answered_with(error))(c, None, {})
         return c
 
     c = asyncio.run(run())
-    assert c.member_id == "aiokafka-1-abc"
-    assert c._rejoin_needed_fut.done()
-
-
-def test_unknown_member_id_is_still_forgotten() -> None:
-    async def run() -> GroupCoordinator:
-        c = coordinator(asyncio.get_running_loop())
-        with pytest.raises(errors.UnknownMemberIdError):
-            await keeping_member_id(answered_with(errors.UnknownMemberIdError))(c, None, {})
-        return c
-
-    c = asyncio.run(run())
-    assert c.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID
+    assert c.member_id == member_id_after
     assert c._rejoin_needed_fut.done()
 
 
