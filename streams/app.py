@@ -141,6 +141,14 @@ class Batch:
     def add(self, key: bytes, outputs: list[Output]) -> None:
         self.outputs += [(topic_field, key, record) for topic_field, record in outputs]
 
+    def followed_by(self, later: Batch) -> Batch:
+        """This batch and a later one as one, in order (to write again what failed)."""
+        return Batch(latest_ms=later.latest_ms, started=self.started,
+                     states={**self.states, **later.states},
+                     outputs=self.outputs + later.outputs,
+                     inputs=self.inputs + later.inputs,
+                     candidates=self.candidates + later.candidates)
+
 
 class PushflowWorker:
     """One worker process: the Faust app, its topics, table, agents, metrics and model."""
@@ -313,7 +321,11 @@ class PushflowWorker:
             batch, self.batch = self.batch, self._new_batch()
             if not (batch.inputs or batch.states or batch.outputs):
                 return
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except BaseException:  # written again, whole, before what came since
+                self.batch = batch.followed_by(self.batch)
+                raise
         if batch.candidates:
             elapsed = time.monotonic() - batch.started
             histogram = self.metrics.child(self.metrics.decision_latency, "processing")
@@ -330,7 +342,7 @@ class PushflowWorker:
             if self.batch.inputs or self.batch.outputs:
                 try:
                     await self.write_pending()
-                except Exception:  # a bug: say so, and let the next write try again
+                except Exception:  # a bug: say so; the batch is written again next time
                     log.exception("writing a batch failed")
 
     def _install_commit_barrier(self) -> None:

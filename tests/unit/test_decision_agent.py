@@ -1,4 +1,5 @@
-"""Inputs the consumer skipped are read again before anything after them is applied."""
+"""The decision agent: inputs the consumer skipped are read again before anything after them
+is applied, and a batch that failed to write is written again before later inputs."""
 
 from __future__ import annotations
 
@@ -69,3 +70,29 @@ def test_a_revoked_partition_forgets_its_rewind(worker: Any) -> None:
     read(worker, 15)
     asyncio.run(worker._on_revoked(None, {TP(TOPIC, 1)}))
     assert worker.rewinding == {} and worker.rewound == {}
+
+
+def test_a_batch_that_failed_to_write_is_written_again_before_later_inputs(worker: Any) -> None:
+    from streams.app import Batch
+
+    failing = Batch(latest_ms=1, started=1.0, inputs=2, candidates=1,
+                    outputs=[("decisions_topic", b"u1", {"decision_id": "d1"})])
+    worker.batch = failing
+    written: list[list[Any]] = []
+
+    async def write(batch: Batch) -> None:
+        if batch is failing:
+            raise RuntimeError("broker said no")
+        written.append(batch.outputs)
+
+    worker._write = write
+
+    async def run() -> None:
+        with pytest.raises(RuntimeError):
+            await worker.write_pending()
+        worker.batch.add(b"u2", [("decisions_topic", {"decision_id": "d2"})])
+        worker.batch.inputs += 1
+        await worker.write_pending()
+
+    asyncio.run(run())
+    assert [[r["decision_id"] for _, _, r in outputs] for outputs in written] == [["d1", "d2"]]
