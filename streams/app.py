@@ -297,8 +297,9 @@ class PushflowWorker:
         outputs join the open batch; :meth:`write_pending` writes the batch when it holds
         ``batch_max`` inputs, ``batch_wait_s`` after it was opened, and before Faust commits
         any offset (the commit barrier, :meth:`_install_commit_barrier`). Faust acknowledges
-        an input once this loop asks for the next one, so every acknowledged input is applied,
-        and every committed one is written."""
+        an input once this loop asks for the next one, so every acknowledged input is applied
+        (or passed over to be read again, :meth:`_skipped`), and every committed one is
+        written."""
         async for event in stream.events():
             batch = self.batch
             self._apply(event.message, batch)
