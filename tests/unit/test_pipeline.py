@@ -8,16 +8,25 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.contracts import Candidate, UserEvent, local_time, validator
-from streams.features import MS_DAY, MS_HOUR, UserState, state_from_bytes, state_to_bytes
+from streams.features import (
+    COMPRESS_OVER,
+    MS_DAY,
+    MS_HOUR,
+    UserState,
+    state_from_bytes,
+    state_to_bytes,
+)
 from streams.model import PushModel
 from streams.outbox import hold_entry
 from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import Decision, PolicyConfig, Scores, in_holdout, in_quiet_hours
+from streams.redelivery import remember
 
 POLICY = PolicyConfig(holdout_share=0.0)
 CONFIG = DeciderConfig(policy=POLICY)
@@ -369,3 +378,21 @@ def test_holdout_pushes_log_the_model_scores_they_did_not_use() -> None:
     released = valid(decider.on_tick(state, at("Europe/Berlin", 2026, 6, 11, 8)))
     assert actions(released) == [("send", "released")]
     assert released.intents[0]["p_open"] == held.decisions[0]["p_open"] == pytest.approx(0.1)
+
+
+def test_a_user_holding_stored_outputs_fits_in_2_kib() -> None:
+    """The largest records: pending labels with their features plus the stored outputs of
+    an uncommitted input. They are deflated; a small record stays plain JSON."""
+    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo", peak=14)
+    quiet = state_to_bytes(state)
+    assert quiet[:1] == b"{" and state_from_bytes(quiet) == state
+    for n, kind in enumerate(("comment_reply", "trending", "friend_joined")):
+        at_ms = TOKYO_2PM + n * 2 * MS_HOUR
+        out = valid(decider.on_candidate(state, candidate(f"c{n}", at_ms, kind=kind)))
+        outputs = [("decisions_topic", d) for d in out.decisions]
+        remember(state, "candidates", n, outputs + [("intents_topic", i) for i in out.intents])
+    assert state.pending and len(state.unconfirmed) == 3
+    plain = orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS)
+    packed = state_to_bytes(state)
+    assert len(plain) > COMPRESS_OVER and len(packed) < min(2048, len(plain) // 2)
+    assert state_from_bytes(packed) == state
