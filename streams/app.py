@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -293,20 +293,24 @@ class PushflowWorker:
     # --- the decision agent ---------------------------------------------------------------
 
     async def _decide_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Each input, in partition order, is applied to its user's state in memory and its
-        outputs join the open batch; :meth:`write_pending` writes the batch when it holds
-        ``batch_max`` inputs, ``batch_wait_s`` after it was opened, and before Faust commits
-        any offset (the commit barrier, :meth:`_install_commit_barrier`). Faust acknowledges
-        an input once this loop asks for the next one, so every acknowledged input is applied
-        (or passed over to be read again, :meth:`_skipped`), and every committed one is
-        written."""
-        async for event in stream.events():
+        """Inputs are taken in lists of up to ``batch_max`` (or what came within
+        ``batch_wait_s``); each, in partition order, is applied to its user's state in memory
+        and its outputs join the open batch. :meth:`write_pending` writes the batch when it
+        holds ``batch_max`` inputs, ``batch_wait_s`` after it was opened, and before Faust
+        commits any offset (the commit barrier, :meth:`_install_commit_barrier`). Faust
+        acknowledges a list once this loop asks for the next one, so every acknowledged input
+        is applied (or passed over to be read again, :meth:`_skipped`), and every committed
+        one is written."""
+        settings = self.settings
+        taken = cast(faust.Stream, stream).take_events(settings.batch_max, settings.batch_wait_s)
+        async for events in taken:
             batch = self.batch
-            self._apply(event.message, batch)
+            for event in events:
+                self._apply(event.message, batch)
+            batch.inputs += len(events)
             if self.rewinding:
                 await self._seek_back()
-            batch.inputs += 1
-            if batch.inputs >= self.settings.batch_max:
+            if self.batch.inputs >= settings.batch_max:
                 await self.write_pending()
             yield None
 
