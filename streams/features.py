@@ -94,16 +94,23 @@ class UserState:
                 self._prune()
 
     def _prune(self) -> None:
+        # Runs on most inputs of a sparse user, so it only rebuilds what holds an old entry.
+        watermark = self.watermark_ms
         for name, width, count in WINDOWS:
-            oldest = self.watermark_ms // width - count
             window = self.buckets[name]
-            for bucket in [b for b in window if b <= oldest]:
-                del window[bucket]
-        day_ago = self.watermark_ms - MS_DAY
-        self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
-        self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
-        self.decided = {c: exp for c, exp in self.decided.items() if exp >= self.watermark_ms}
-        self.resolved = {i: t for i, t in self.resolved.items() if t > day_ago}
+            if window:
+                oldest = watermark // width - count
+                for bucket in [b for b in window if b <= oldest]:
+                    del window[bucket]
+        day_ago = watermark - MS_DAY
+        if self.recent_sends_ms:
+            self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
+        if self.recent_content:
+            self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
+        if self.decided:
+            self.decided = {c: exp for c, exp in self.decided.items() if exp >= watermark}
+        if self.resolved:
+            self.resolved = {i: t for i, t in self.resolved.items() if t > day_ago}
 
 
 def observe_activity(state: UserState, at_ms: int, tz: str) -> None:

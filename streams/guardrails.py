@@ -85,6 +85,8 @@ def conflicts(
     state: UserState, at_ms: int, value: float, config: PolicyConfig
 ) -> tuple[str, ...] | None:
     """Held pushes within the minimum gap of ``at_ms``; None if one of them is worth more."""
+    if not state.outbox:
+        return ()
     near = [
         (intent_id, entry) for intent_id, entry in sorted(state.outbox.items())
         if abs(entry["send_at_ms"] - at_ms) < config.min_gap_ms
