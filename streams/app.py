@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import ssl
@@ -168,6 +167,8 @@ class PushflowWorker:
         # Input partitions read again from an offset the consumer skipped (see _skipped).
         self.rewinding: dict[tuple[str, int], Rewind] = {}
         self.rewound: dict[tuple[str, int], int] = {}
+        # Inputs applied since the metrics were last updated, by (topic, reason ignored).
+        self.counted: Counter[tuple[str, str | None]] = Counter()
         self.dead_letter_codes: Counter[str] = Counter()
         self.was_ready = False
         self.broker_ok = True
@@ -308,6 +309,7 @@ class PushflowWorker:
             for event in events:
                 self._apply(event.message, batch)
             batch.inputs += len(events)
+            self._publish_counts()
             if self.rewinding:
                 await self._seek_back()
             if self.batch.inputs >= settings.batch_max:
@@ -489,7 +491,7 @@ class PushflowWorker:
         outputs: list[Output] = [("decisions_topic", d) for d in out.decisions]
         outputs += [("intents_topic", i) for i in out.intents]
         for index, example in enumerate(out.examples):
-            record = dataclasses.asdict(example)
+            record = example.record()
             record["source"] = {"topic": topic, "partition": partition, "offset": offset,
                                 "index": index}
             outputs.append(("training_topic", record))
@@ -570,10 +572,15 @@ class PushflowWorker:
         self.dead_letter_codes[error.code] += 1
 
     def _count_input(self, topic: str, ignored: str | None) -> None:
-        outcome = "ignored" if ignored else "processed"
-        self.metrics.child(self.metrics.input_messages, topic, outcome).inc()
-        if ignored:
-            self.metrics.child(self.metrics.ignored, topic, ignored).inc()
+        self.counted[(topic, ignored)] += 1  # published per taken list (_publish_counts)
+
+    def _publish_counts(self) -> None:
+        m = self.metrics
+        for (topic, ignored), n in self.counted.items():
+            m.child(m.input_messages, topic, "ignored" if ignored else "processed").inc(n)
+            if ignored:
+                m.child(m.ignored, topic, ignored).inc(n)
+        self.counted.clear()
 
     def _observe_decision(self, candidate: Any, out: StepOutput) -> None:
         for decision in out.decisions:

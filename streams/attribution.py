@@ -17,7 +17,8 @@ Each pending push resolves exactly once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from streams.contracts import UserEvent
 from streams.features import PendingLabel, UserState, record_open
@@ -40,6 +41,16 @@ class TrainingExample:
     outcome: str
     decided_at_ms: int
     resolved_at_ms: int
+
+    def record(self) -> dict[str, Any]:
+        """As a ``training-example`` record: ``dataclasses.asdict`` without its deep copy
+        (only ``features`` is mutable), which was 1% of the worker's CPU."""
+        record = {name: getattr(self, name) for name in EXAMPLE_FIELDS}
+        record["features"] = dict(self.features)
+        return record
+
+
+EXAMPLE_FIELDS = tuple(f.name for f in fields(TrainingExample))
 
 
 def _resolve(state: UserState, label: PendingLabel, outcome: str, at_ms: int) -> TrainingExample:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +87,12 @@ def test_the_example_carries_the_scores_made_before_learning() -> None:
     [example] = done.examples
     assert example.p_open == intent["p_open"] and example.model_version == 0
     assert example.features["kind=trending"] == 1.0
+
+
+def test_the_example_record_is_asdict_with_its_own_features() -> None:
+    state = pending_state("i1")
+    _, [example] = on_feedback(state, event("push_opened", "i1", T0 + 10_000))
+    record = example.record()
+    assert list(record.items()) == list(dataclasses.asdict(example).items())
+    record["features"]["act_24h"] = 9.0
+    assert example.features == {"act_24h": 1.0}
