@@ -58,6 +58,7 @@ PER_PASS_TOPICS = ("intents_topic", "decisions_topic", "dead_letters_topic", "tr
 VARIANTS = {
     "batch-100": {"PUSHFLOW_BATCH_MAX": "100"},  # smaller batches: more flushes, less waiting
     "wait-50ms": {"PUSHFLOW_BATCH_WAIT_S": "0.05"},  # fuller batches, more latency
+    "gc-default": {"PUSHFLOW_GC_THRESHOLD": "0"},  # Python's own garbage collector thresholds
 }
 
 

@@ -125,6 +125,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     tick_interval_s: float = 5.0
+    # allocations between young-generation collections (0 = Python's own thresholds)
+    gc_threshold: int = 50_000
 
     def __post_init__(self) -> None:
         if isinstance(self.sasl_password, str):
@@ -142,6 +144,7 @@ class Settings:
         self._check_range("explore_share", 0.0, 1.0)
         self._check_range("partitions", 1, 100_000)
         self._check_range("batch_max", 1, 100_000)
+        self._check_range("gc_threshold", 0, 10_000_000)
         self._check_range("batch_wait_s", 0.0, 10.0)
         self._check_range("quiet_start_hour", 0, 23)
         self._check_range("quiet_end_hour", 0, 23)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from streams.errors import ConfigError
+from streams.runner import tune_gc
 from streams.settings import Secret, Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -48,3 +50,17 @@ def test_secrets_stay_secret_but_reach_the_client_config() -> None:
 def test_topic_prefix_applies_to_every_topic() -> None:
     settings = Settings(topic_prefix="staging-")
     assert settings.topic("intents_topic") == "staging-notification-intents"
+
+
+def test_the_worker_collects_garbage_less_often_unless_told_not_to() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings().gc_threshold)
+        assert gc.get_threshold() == (50_000, 20, 20)
+        gc.set_threshold(*before)
+        tune_gc(Settings(gc_threshold=0).gc_threshold)
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+    with pytest.raises(ConfigError):
+        Settings(gc_threshold=-1)
