@@ -94,7 +94,7 @@ class UserState:
                 self._prune()
 
     def _prune(self) -> None:
-        # Runs on most inputs of a sparse user, so it only rebuilds what holds an old entry.
+        # Runs on most inputs of a sparse user, so it skips the containers that are empty.
         watermark = self.watermark_ms
         for name, width, count in WINDOWS:
             window = self.buckets[name]
