@@ -44,6 +44,7 @@ from streams.settings import Settings
 from streams.snapshots import ModelHolder
 from streams.traffic import producer_config
 from streams.training import Trainer
+from streams.web import AppWithoutRootIndex, web_settings
 
 log = logging.getLogger(__name__)
 STATE_CODEC = "pushflow-user-state"
@@ -203,8 +204,11 @@ class PushflowWorker:
     def _build_app(self) -> faust.App:
         s = self.settings
         brokers = [f"kafka://{h}" for h in s.bootstrap_servers.split(",")]
-        return faust.App(
+        return AppWithoutRootIndex(
             s.app_id,
+            # Faust's environment variables (APP_DEBUG, WEB_BIND, APP_WEB_TABLES_ENABLED...)
+            # would win over the settings below; pushflow's come from Settings alone.
+            env={},
             broker=brokers,
             broker_credentials=faust_credentials(s),
             store="memory://",
@@ -213,10 +217,7 @@ class PushflowWorker:
             broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
             consumer_auto_offset_reset="earliest",
-            web_enabled=True,
-            web_port=s.web_port,
-            web_bind=s.web_host,
-            web_host=s.web_host,
+            **web_settings(s.web_host, s.web_port),
             datadir=s.data_dir,
             autodiscover=False,
             producer_acks=-1,

@@ -4,6 +4,8 @@ with confluent-kafka, and the assertions read the output topics and /metrics."""
 from __future__ import annotations
 
 import base64
+import urllib.error
+import urllib.request
 
 import orjson
 import pytest
@@ -93,3 +95,21 @@ def test_opens_are_learned_and_change_the_model_version(deployment: Deployment) 
     examples = deployment.read("training_topic", lambda r: len(r) >= len(intents))
     assert {e["outcome"] for e in examples} == {"opened"}
     assert {e["intent_id"] for e in examples} == {i["intent_id"] for i in intents}
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_web_server_serves_only_our_pages(deployment: Deployment) -> None:
+    """Faust's own pages (cluster topology, table contents, statistics) are not served."""
+    base = f"http://127.0.0.1:{deployment.start_worker().port}"
+    assert {path: status_of(base + path) for path in ("/metrics", "/healthz", "/readyz")} == {
+        "/metrics": 200, "/healthz": 200, "/readyz": 200}
+    faust_pages = ["/router/", "/router/topics", "/table/", "/table/user-state/", "/",
+                   "/graph/", "/assignment/", "/performance/", "/no/such/page"]
+    assert {path: status_of(base + path) for path in faust_pages} == dict.fromkeys(faust_pages, 404)
