@@ -18,6 +18,7 @@ skipped, with that reason, only when it is not.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import json
@@ -420,6 +421,67 @@ def test_ports_published_on_loopback_only(services):
                 assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not on 127.0.0.1"
     assert published >= 2
     assert "ports" not in services["worker"], "replicated workers cannot publish fixed ports"
+
+
+def published_ports(service: dict) -> list[tuple[str | None, str]]:
+    """(host address or None for every address, host port) of each port the service publishes."""
+    published = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            published.append((port.get("host_ip"), str(port.get("published", port["target"]))))
+            continue
+        parts = str(port).split("/")[0].split(":")
+        host_ip = ":".join(parts[:-2]) if len(parts) > 2 else None
+        published.append((host_ip, parts[-2] if len(parts) > 1 else parts[-1]))
+    return published
+
+
+def reachable_from_other_hosts(services: dict) -> list[str]:
+    """Services another machine could reach: ports published on an address other than
+    127.0.0.1, or a container sharing the host's network (its 0.0.0.0 is the host's)."""
+    found = [f"{name}: network_mode {svc['network_mode']}" for name, svc in services.items()
+             if svc.get("network_mode") == "host"]
+    for name, svc in services.items():
+        found += [f"{name}: port {port} on {host_ip or 'every address'}"
+                  for host_ip, port in published_ports(svc) if host_ip != "127.0.0.1"]
+    return found
+
+
+def networks_of(service: dict) -> set[str]:
+    networks = service.get("networks") or ["default"]
+    return set(networks)
+
+
+def test_nothing_is_reachable_from_other_hosts(services):
+    assert reachable_from_other_hosts(services) == []
+
+
+@pytest.mark.parametrize("change", [
+    {"ports": ["6066:6066"]},
+    {"ports": ["0.0.0.0:6066:6066"]},
+    {"ports": ["6066"]},
+    {"ports": [{"target": 6066, "published": 6066}]},
+    {"network_mode": "host"},
+], ids=["short", "any-address", "random-port", "long-syntax", "host-network"])
+def test_a_worker_published_beyond_loopback_is_caught(services, change):
+    """The check above can fail: each way of putting the web port on the host's 0.0.0.0."""
+    changed = copy.deepcopy(services)
+    changed["worker"].update(change)
+    assert [line for line in reachable_from_other_hosts(changed) if line.startswith("worker:")]
+
+
+def test_the_worker_web_port_reaches_prometheus_only(services):
+    """Exposed on the compose network (Prometheus scrapes it there), published nowhere; and
+    every port published for people is on loopback and named in the file's header comment."""
+    worker, prometheus = services["worker"], services["prometheus"]
+    port = env_of(worker)["PUSHFLOW_WEB_PORT"]
+    assert published_ports(worker) == [] and "network_mode" not in worker
+    assert [str(p) for p in worker["expose"]] == [port]
+    assert networks_of(worker) & networks_of(prometheus)
+    header = COMPOSE_FILE.read_text(encoding="utf-8").split("\nname:", 1)[0]
+    for name, svc in services.items():
+        for host_ip, host_port in published_ports(svc):
+            assert f"{host_ip}:{host_port}" in header, f"{name}: {host_port} not in the header"
 
 
 def test_kafka_is_single_node_kraft(services):
