@@ -34,7 +34,7 @@ from streams.contracts import (
     parse_user_event,
 )
 from streams.coordination import keep_member_id_on_illegal_generation
-from streams.errors import ProcessingError
+from streams.errors import ConfigError, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
 from streams.pipeline import Decider, StepOutput
@@ -78,12 +78,34 @@ class UserStateValue:
         return data
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verifies the brokers against ``ssl_cafile`` (the system's CAs if unset) and, for mutual
+    TLS, presents ``ssl_certfile``. A file that cannot be used is a ConfigError at start."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(f"ssl_cafile {settings.ssl_cafile!r} cannot be used: {exc}") from None
+    if settings.ssl_certfile:
+        password = settings.ssl_key_password
+        try:
+            # Without a password OpenSSL would prompt on the terminal for an encrypted key.
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile,
+                                    password.get() if password else _no_key_password)
+        except OSError as exc:
+            raise ConfigError(
+                f"ssl_certfile {settings.ssl_certfile!r} / ssl_keyfile {settings.ssl_keyfile!r} "
+                f"cannot be used (an encrypted key needs ssl_key_password): {exc}") from None
+    return context
+
+
+def _no_key_password() -> str:
+    return ""
+
+
 def faust_credentials(settings: Settings) -> Any:
     """SASL / TLS settings passed through to aiokafka; None for PLAINTEXT."""
     protocol = settings.security_protocol.upper()
-    ssl_context = None
-    if "SSL" in protocol:
-        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    ssl_context = tls_context(settings) if "SSL" in protocol else None
     if "SASL" in protocol:
         return faust.SASLCredentials(
             username=settings.sasl_username,

@@ -9,7 +9,7 @@ import logging
 import faust
 
 from streams.admin import ensure_topics
-from streams.app import PushflowWorker
+from streams.app import PushflowWorker, tls_context
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
 from streams.snapshots import SnapshotFollower
@@ -35,6 +35,8 @@ def tune_gc(threshold: int) -> None:
 def run_worker(settings: Settings) -> None:
     """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
     tune_gc(settings.gc_threshold)
+    if "SSL" in settings.security_protocol:
+        tls_context(settings)  # unusable TLS files: one clear error before any client starts
     with contextlib.ExitStack() as stack:
         if settings.broker is None:
             broker = stack.enter_context(EmbeddedBroker())

@@ -86,6 +86,10 @@ class Settings:
     sasl_username: str | None = None
     sasl_password: Secret | None = None
     ssl_cafile: str | None = None
+    # mutual TLS: this client's certificate and private key (PEM), both or neither
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: Secret | None = None
     # --- input limits
     max_message_bytes: int = 65536
     late_tolerance_s: int = 7 * 24 * 3600
@@ -129,8 +133,9 @@ class Settings:
     gc_threshold: int = 50_000
 
     def __post_init__(self) -> None:
-        if isinstance(self.sasl_password, str):
-            object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
+        for secret in ("sasl_password", "ssl_key_password"):
+            if isinstance(getattr(self, secret), str):
+                object.__setattr__(self, secret, Secret(getattr(self, secret)))
         object.__setattr__(self, "security_protocol", self.security_protocol.upper())
         object.__setattr__(self, "sasl_mechanism", self.sasl_mechanism.upper())
         object.__setattr__(self, "log_level", self.log_level.lower())
@@ -139,6 +144,7 @@ class Settings:
         self._check_choice("log_level", LOG_LEVELS)
         if "SASL" in self.security_protocol and not (self.sasl_username and self.sasl_password):
             raise ConfigError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        self._check_client_certificate()
         self._check_range("threshold", 0.0, 1.0)
         self._check_range("holdout_share", 0.0, 1.0)
         self._check_range("explore_share", 0.0, 1.0)
@@ -151,6 +157,20 @@ class Settings:
         self._check_choice("log_format", ("text", "json"))
         if self.broker is not None and not self.broker.startswith("kafka://"):
             raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
+
+    def _check_client_certificate(self) -> None:
+        """A certificate is useless without its key and the reverse, and both go only over
+        TLS: refuse half a pair rather than connect without the certificate."""
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            given, missing = (("ssl_certfile", "ssl_keyfile") if self.ssl_certfile
+                              else ("ssl_keyfile", "ssl_certfile"))
+            raise ConfigError(f"{given} is set without {missing}: a client certificate needs "
+                              f"both (PUSHFLOW_SSL_CERTFILE and PUSHFLOW_SSL_KEYFILE)")
+        if self.ssl_key_password and not self.ssl_keyfile:
+            raise ConfigError("ssl_key_password is set without ssl_keyfile")
+        if self.ssl_certfile and "SSL" not in self.security_protocol:
+            raise ConfigError(f"a client certificate is sent only over TLS: set "
+                              f"security_protocol SSL or SASL_SSL, not {self.security_protocol}")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:
@@ -198,6 +218,11 @@ class Settings:
             config["sasl.password"] = password.get() if isinstance(password, Secret) else ""
         if self.ssl_cafile:
             config["ssl.ca.location"] = self.ssl_cafile
+        if self.ssl_certfile and self.ssl_keyfile:
+            config["ssl.certificate.location"] = self.ssl_certfile
+            config["ssl.key.location"] = self.ssl_keyfile
+        if self.ssl_key_password:
+            config["ssl.key.password"] = self.ssl_key_password.get()
         return config
 
 

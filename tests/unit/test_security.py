@@ -1,15 +1,17 @@
-"""Broker security settings reach both Kafka clients, and the password reaches nothing else.
+"""Broker security settings reach both Kafka clients, and the passwords reach nothing else.
 
 One ``Settings`` feeds confluent-kafka (``Settings.confluent_config``: topic admin, snapshot
 follower, test producers) and Faust/aiokafka (``streams.app.faust_credentials``). Each side is
 checked the way its client reads it: librdkafka parses the confluent dict, aiokafka's client
-constructor validates the keyword arguments Faust derives from the credentials. Nothing here
-opens a connection that could succeed: the bootstrap address is a closed loopback port.
+constructor validates the keyword arguments Faust derives from the credentials. The only
+connections that succeed go to a loopback TLS server of this module, which asks each client
+for its certificate (mutual TLS): no broker here serves TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import socket
@@ -25,7 +27,9 @@ from faust.types.auth import AuthProtocol, CredentialsT, SASLMechanism
 
 from streams.app import faust_credentials
 from streams.errors import ConfigError
+from streams.runner import run_worker
 from streams.settings import Secret, Settings
+from tests.pki import CLIENT_NAME, KEY_PASSWORD, ClientCertificateServer, Pki, make_pki
 
 PASSWORD = "s3cr3t-Pa55word-do-not-log"
 USERNAME = "pushflow-svc"
@@ -240,3 +244,169 @@ def test_a_lower_case_protocol_means_the_same_to_both_clients() -> None:
 def test_impossible_security_settings_fail_at_start_up(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         settings_from(env)
+
+
+# ------------------------------------------------------------------------------ mutual TLS
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    made = make_pki(tmp_path_factory.mktemp("pki"))
+    if made is None:
+        pytest.skip("the openssl command is needed to make the test certificates")
+    return made
+
+
+def mtls_env(pki: Pki, protocol: str = "SSL", **more: str) -> dict[str, str]:
+    sasl = secure_env(protocol) if "SASL" in protocol else {}
+    return {
+        **sasl,
+        "PUSHFLOW_SECURITY_PROTOCOL": protocol,
+        "PUSHFLOW_SSL_CAFILE": str(pki.ca),
+        "PUSHFLOW_SSL_CERTFILE": str(pki.client_cert),
+        "PUSHFLOW_SSL_KEYFILE": str(pki.client_key),
+        "PUSHFLOW_SSL_KEY_PASSWORD": KEY_PASSWORD,
+        **more,
+    }
+
+
+def without(env: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in names}
+
+
+def context_of(credentials: CredentialsT | None) -> ssl.SSLContext:
+    if isinstance(credentials, faust.SSLCredentials):
+        return credentials.context
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.ssl_context
+    return credentials.ssl_context
+
+
+def presented_by_python(context: ssl.SSLContext, server: ClientCertificateServer) -> object:
+    """What the server saw of this client: its certificate's common name, or the error."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1"):
+        return server.presented.get(timeout=10)
+
+
+def test_mutual_tls_from_the_environment_gives_the_confluent_config(pki: Pki) -> None:
+    port = closed_port()
+    settings = settings_from(mtls_env(pki), port)
+    assert isinstance(settings.ssl_key_password, Secret)
+    assert settings.confluent_config() == {
+        "bootstrap.servers": f"127.0.0.1:{port}",
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(pki.ca),
+        "ssl.certificate.location": str(pki.client_cert),
+        "ssl.key.location": str(pki.client_key),
+        "ssl.key.password": KEY_PASSWORD,
+    }
+    librdkafka_accepts(settings.confluent_config())
+    sasl = settings_from(mtls_env(pki, "SASL_SSL"), port).confluent_config()
+    assert sasl["ssl.certificate.location"] == str(pki.client_cert)
+    assert sasl["sasl.password"] == PASSWORD and sasl["ssl.key.password"] == KEY_PASSWORD
+
+
+def test_librdkafka_rejects_a_wrong_key_password(pki: Pki) -> None:
+    """The check above can fail: librdkafka really decrypts the key when the client is built."""
+    settings = settings_from(mtls_env(pki, PUSHFLOW_SSL_KEY_PASSWORD="not-the-password"))
+    with pytest.raises(KafkaException, match="ssl.key"):
+        librdkafka_accepts(settings.confluent_config())
+
+
+@pytest.mark.parametrize("client_certificate", [True, False], ids=["mtls", "ca-only"])
+def test_librdkafka_presents_the_client_certificate(pki: Pki, client_certificate: bool) -> None:
+    env = mtls_env(pki)
+    if not client_certificate:
+        env = without(env, "PUSHFLOW_SSL_CERTFILE", "PUSHFLOW_SSL_KEYFILE",
+                      "PUSHFLOW_SSL_KEY_PASSWORD")
+    with ClientCertificateServer(pki) as server:
+        config = settings_from(env, server.port).confluent_config()
+        producer = Producer(config, logger=logging.getLogger("test.librdkafka"))
+        presented = server.presented.get(timeout=30)  # librdkafka connects on its own
+        producer.flush(0)
+    if client_certificate:
+        assert presented == CLIENT_NAME
+    else:
+        assert isinstance(presented, ssl.SSLError)  # the server wanted a certificate
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_the_faust_ssl_context_presents_the_client_certificate(pki: Pki, protocol: str) -> None:
+    credentials = faust_credentials(settings_from(mtls_env(pki, protocol)))
+    context = context_of(credentials)
+    assert_verifies_against_the_ca(context)
+    with ClientCertificateServer(pki) as server:
+        assert presented_by_python(context, server) == CLIENT_NAME
+    assert aiokafka_accepts(credentials)["ssl_context"] is context
+
+
+def test_without_a_client_certificate_the_server_refuses_faust(pki: Pki) -> None:
+    """The check above can fail: the server refuses a client that presents nothing."""
+    env = without(mtls_env(pki), "PUSHFLOW_SSL_CERTFILE", "PUSHFLOW_SSL_KEYFILE",
+                  "PUSHFLOW_SSL_KEY_PASSWORD")
+    context = context_of(faust_credentials(settings_from(env)))
+    with ClientCertificateServer(pki) as server:
+        try:
+            presented = presented_by_python(context, server)
+        except (ssl.SSLError, ConnectionError):  # TLS 1.2 fails the handshake itself
+            presented = server.presented.get(timeout=10)
+    assert isinstance(presented, ssl.SSLError)
+
+
+def test_an_unencrypted_key_needs_no_password(pki: Pki) -> None:
+    env = without(mtls_env(pki, PUSHFLOW_SSL_KEYFILE=str(pki.client_key_plain)),
+                  "PUSHFLOW_SSL_KEY_PASSWORD")
+    settings = settings_from(env)
+    assert "ssl.key.password" not in settings.confluent_config()
+    librdkafka_accepts(settings.confluent_config())
+    with ClientCertificateServer(pki) as server:
+        assert presented_by_python(context_of(faust_credentials(settings)), server) == CLIENT_NAME
+
+
+@pytest.mark.parametrize("change", [
+    {"PUSHFLOW_SSL_KEY_PASSWORD": "not-the-password"},
+    {"PUSHFLOW_SSL_KEY_PASSWORD": ""},  # an encrypted key and no password: no prompt either
+    {"PUSHFLOW_SSL_CERTFILE": "/nonexistent/client.pem"},
+    {"PUSHFLOW_SSL_KEYFILE": "/nonexistent/client.key"},
+    {"PUSHFLOW_SSL_CAFILE": "/nonexistent/ca.pem"},
+], ids=["wrong-password", "no-password", "no-cert-file", "no-key-file", "no-ca-file"])
+def test_unusable_tls_files_are_a_config_error_at_start(pki: Pki, change: dict[str, str]) -> None:
+    settings = settings_from(mtls_env(pki, **change))
+    with pytest.raises(ConfigError, match="ssl_") as raised:
+        faust_credentials(settings)
+    assert KEY_PASSWORD not in str(raised.value)
+    thresholds = gc.get_threshold()
+    try:  # the worker stops there, before it starts a broker or any Kafka client
+        with pytest.raises(ConfigError, match="ssl_"):
+            run_worker(settings.replace(broker=None))
+    finally:
+        gc.set_threshold(*thresholds)
+
+
+def test_the_key_password_is_in_no_repr_or_str(pki: Pki) -> None:
+    settings = settings_from(mtls_env(pki, "SASL_SSL"))
+    credentials = faust_credentials(settings)
+    shown = [repr(settings), str(settings), f"{settings.ssl_key_password}",
+             repr(credentials), str(credentials)]
+    assert not [text for text in shown if KEY_PASSWORD in text or PASSWORD in text]
+    plain = Settings(security_protocol="SSL", ssl_certfile="c.pem", ssl_keyfile="k.pem",
+                     ssl_key_password=KEY_PASSWORD)  # type: ignore[arg-type]
+    assert isinstance(plain.ssl_key_password, Secret) and KEY_PASSWORD not in repr(plain)
+
+
+@pytest.mark.parametrize("env, refused", [
+    ({"PUSHFLOW_SECURITY_PROTOCOL": "SSL", "PUSHFLOW_SSL_CERTFILE": "c.pem"},
+     "ssl_certfile is set without ssl_keyfile"),
+    ({"PUSHFLOW_SECURITY_PROTOCOL": "SSL", "PUSHFLOW_SSL_KEYFILE": "k.pem"},
+     "ssl_keyfile is set without ssl_certfile"),
+    ({"PUSHFLOW_SECURITY_PROTOCOL": "SSL", "PUSHFLOW_SSL_KEY_PASSWORD": KEY_PASSWORD},
+     "ssl_key_password is set without ssl_keyfile"),
+    ({"PUSHFLOW_SSL_CERTFILE": "c.pem", "PUSHFLOW_SSL_KEYFILE": "k.pem"},
+     "sent only over TLS"),
+    ({**secure_env("SASL_PLAINTEXT"), "PUSHFLOW_SSL_CERTFILE": "c.pem",
+      "PUSHFLOW_SSL_KEYFILE": "k.pem"}, "sent only over TLS"),
+], ids=["cert-only", "key-only", "password-only", "plaintext", "sasl-plaintext"])
+def test_half_a_client_certificate_is_refused(env: dict[str, str], refused: str) -> None:
+    with pytest.raises(ConfigError, match=refused):
+        settings_from(env)
+
