@@ -43,6 +43,9 @@ def build_settings(**flags: Any) -> Settings:
     names = {name for name, _, _ in _SETTING_FLAGS}
     settings = Settings.from_env(os.environ, **{k: v for k, v in flags.items() if k in names})
     configure_logging(settings.log_level, settings.log_format)
+    warning = settings.transport_warning()
+    if warning:
+        log.warning(warning)
     return settings
 
 

@@ -225,6 +225,26 @@ class Settings:
             config["ssl.key.password"] = self.ssl_key_password.get()
         return config
 
+    def transport_warning(self) -> str | None:
+        """What is unsafe about the connection to the brokers, in one line; None if nothing.
+
+        >>> Settings(security_protocol="SASL_PLAINTEXT", sasl_username="svc",
+        ...          sasl_password="x").transport_warning()  # doctest: +ELLIPSIS
+        'security_protocol SASL_PLAINTEXT: the SASL PLAIN password and every message...'
+        >>> Settings(security_protocol="SASL_SSL", sasl_username="svc",
+        ...          sasl_password="x").transport_warning() is None
+        True
+        """
+        if self.security_protocol != "SASL_PLAINTEXT":
+            return None
+        if self.sasl_mechanism == "PLAIN":
+            exposed = "the SASL PLAIN password and every message cross the network unencrypted"
+        else:
+            exposed = (f"{self.sasl_mechanism} keeps the password off the wire, but every "
+                       f"message crosses it unencrypted and the brokers are not authenticated")
+        return (f"security_protocol SASL_PLAINTEXT: {exposed}; set "
+                f"PUSHFLOW_SECURITY_PROTOCOL=SASL_SSL (and PUSHFLOW_SSL_CAFILE for a private CA)")
+
 
 def _field_type(name: str) -> str:
     for f in fields(Settings):

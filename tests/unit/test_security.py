@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -25,6 +26,7 @@ from confluent_kafka import KafkaException, Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, CredentialsT, SASLMechanism
 
+from streams import cli
 from streams.app import faust_credentials
 from streams.errors import ConfigError
 from streams.runner import run_worker
@@ -410,3 +412,43 @@ def test_half_a_client_certificate_is_refused(env: dict[str, str], refused: str)
     with pytest.raises(ConfigError, match=refused):
         settings_from(env)
 
+
+# ----------------------------------------------------------------- warnings at start-up
+
+
+def started_with(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                 caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The warnings a command logs while it reads its settings."""
+    for name in [n for n in os.environ if n.startswith("PUSHFLOW_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**env, "PUSHFLOW_BROKER": "kafka://127.0.0.1:9093"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)  # keep caplog's handler
+    with caplog.at_level(logging.WARNING):
+        cli.build_settings()
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("mechanism", AIOKAFKA_MECHANISMS)
+def test_sasl_without_tls_logs_one_warning_at_start(
+    mechanism: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    warnings = started_with(secure_env("SASL_PLAINTEXT", mechanism), monkeypatch, caplog)
+    assert len(warnings) == 1
+    line = warnings[0].getMessage()
+    assert "\n" not in line and "SASL_PLAINTEXT" in line and "unencrypted" in line
+    assert "PUSHFLOW_SECURITY_PROTOCOL=SASL_SSL" in line
+    assert PASSWORD not in line and USERNAME not in line
+    if mechanism == "PLAIN":
+        assert "password" in line
+
+
+@pytest.mark.parametrize("env", [
+    {},
+    secure_env("SASL_SSL"),
+    {"PUSHFLOW_SECURITY_PROTOCOL": "SSL"},
+], ids=["plaintext", "sasl-ssl", "ssl"])
+def test_no_transport_warning_otherwise(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert started_with(env, monkeypatch, caplog) == []
