@@ -6,6 +6,7 @@ Elliptic-curve keys (P-256) keep generation well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -88,6 +89,8 @@ class ClientCertificateServer:
                 self.presented.put(exc)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
 
     def __enter__(self) -> ClientCertificateServer:
