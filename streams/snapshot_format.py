@@ -134,11 +134,16 @@ class Fields:
         """Names to finite numbers, in their order (weights, means: names are open-ended)."""
         what = f"{self.where}.{key}"
         entries = _object(self._get(key), what)
+        # one pass in the common case (hundreds of thousands of weights); NaN fails both bounds
+        if all(type(v) is float and -MAX_FLOAT <= v <= MAX_FLOAT for v in entries.values()):
+            return entries
         return {n: _number(v, f"{what}[{n!r}]", -MAX_FLOAT, MAX_FLOAT) for n, v in entries.items()}
 
     def counts(self, key: str) -> dict[str, int]:
         what = f"{self.where}.{key}"
         entries = _object(self._get(key), what)
+        if all(type(v) is int and 0 <= v <= MAX_COUNT for v in entries.values()):
+            return entries
         return {n: _count(v, f"{what}[{n!r}]", MAX_COUNT) for n, v in entries.items()}
 
     def _get(self, key: str) -> Any:
@@ -168,9 +173,9 @@ def _object(value: Any, what: str) -> dict[str, Any]:
         raise SnapshotError(f"{what} is {_kind(value)}, not an object")
     if len(value) > MAX_ENTRIES:
         raise SnapshotTooLarge(f"{what} has {len(value)} entries, over {MAX_ENTRIES}")
-    for name in value:
-        if len(name) > MAX_NAME_CHARS:
-            raise SnapshotError(f"{what} has a name of {len(name)} characters")
+    longest = max(map(len, value), default=0)
+    if longest > MAX_NAME_CHARS:
+        raise SnapshotError(f"{what} has a name of {longest} characters")
     return value
 
 
