@@ -179,7 +179,9 @@ class PushflowWorker:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.models = ModelHolder(fresh_model(settings))
+        refused = self.metrics.snapshots_refused
+        self.models = ModelHolder(fresh_model(settings), settings.snapshot_key,
+                                  on_refused=lambda reason: refused.labels(reason=reason).inc())
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
         # Event time per partition (newest input seen); derived, rebuilt from traffic.
         self.watermarks: dict[int, int] = {}
@@ -292,7 +294,10 @@ class PushflowWorker:
 
         async def ready(web: Any, request: Any) -> Any:
             ok = worker.is_ready()
-            return web.json({"ready": ok}, status=200 if ok else 503)
+            body: dict[str, Any] = {"ready": ok}
+            if not worker.models.following:
+                body["snapshots"] = worker.models.status  # e.g. "refused:bad_signature"
+            return web.json(body, status=200 if ok else 503)
 
         self.app.page("/metrics", name="pushflow-metrics")(metrics)
         self.app.page("/healthz", name="pushflow-health")(health)
@@ -304,8 +309,11 @@ class PushflowWorker:
     def is_ready(self) -> bool:
         app = self.app
         recovered = self._recovered()
+        following = self.models.following
+        self.metrics.snapshots_ok.set(1 if following else 0)
         ready = bool(
-            recovered and self.broker_ok and not app.rebalancing and app.consumer.assignment()
+            recovered and self.broker_ok and following and not app.rebalancing
+            and app.consumer.assignment()
         )
         self.metrics.ready.set(1 if ready else 0)
         if ready and not self.was_ready:
@@ -710,7 +718,9 @@ class PushflowWorker:
         await self.snapshots.send(key=b"model", value=snapshot)
 
     async def _snapshot_timer(self) -> None:
-        if self.trainer.unpublished:
+        # A refused record is the newest under the snapshot key: once compacted it would be the
+        # only one, and a restart would begin cold. The trainer writes its model over it.
+        if self.trainer.unpublished or (self.trainer.active and self.models.newest_refused):
             await self.trainer.publish_snapshot()
 
     # --- gauges ---------------------------------------------------------------------------

@@ -12,8 +12,11 @@
     │   ├── BadTime
     │   ├── KeyMismatch
     │   └── ProcessingError    a bug met while processing one valid message
-    ├── SnapshotError          a model snapshot cannot be used
-    │   └── IncompatibleSnapshot
+    ├── SnapshotError          a model snapshot cannot be used (refused, counted by reason)
+    │   ├── IncompatibleSnapshot
+    │   ├── SnapshotTooLarge
+    │   ├── UnsignedSnapshot
+    │   └── BadSignature
     └── BrokerError            the broker cannot be reached or started
 
 Bad input is an expected outcome (a dead letter and a counter), never a crash; anything else
@@ -87,11 +90,33 @@ class ProcessingError(ContractError):
 
 
 class SnapshotError(PushflowError):
-    """A model snapshot cannot be read."""
+    """A model snapshot cannot be read; ``reason`` labels the refusal counter."""
+
+    reason = "invalid"
 
 
 class IncompatibleSnapshot(SnapshotError):
     """A snapshot was written by an incompatible version of the model code."""
+
+    reason = "incompatible"
+
+
+class SnapshotTooLarge(SnapshotError):
+    """A snapshot, or one of its objects, is larger than any model this code writes."""
+
+    reason = "too_large"
+
+
+class UnsignedSnapshot(SnapshotError):
+    """A snapshot without a signature while a ``snapshot_key`` is configured."""
+
+    reason = "unsigned"
+
+
+class BadSignature(SnapshotError):
+    """A snapshot whose signature does not match the configured ``snapshot_key``."""
+
+    reason = "bad_signature"
 
 
 class BrokerError(PushflowError):

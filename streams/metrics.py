@@ -26,6 +26,9 @@ from prometheus_client import (
 )
 
 P_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
+# SnapshotError.reason values, plus a bug met on bad data and the Kafka client failing
+SNAPSHOT_REFUSALS = ("invalid", "incompatible", "too_large", "unsigned", "bad_signature",
+                     "unexpected", "follower_error")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
 
 
@@ -90,6 +93,16 @@ class Metrics:
             "pushflow_model_base_rate", "Open rate over the last labeled examples.",
             registry=registry,
         )
+        self.snapshots_refused = Counter(
+            "pushflow_model_snapshots_refused",
+            "Records of the snapshot topic that were not served, by reason.",
+            ["reason"], registry=registry,
+        )
+        self.snapshots_ok = Gauge(
+            "pushflow_model_snapshots_ok",
+            "1 while the snapshot follower runs and the newest record it read was valid.",
+            registry=registry,
+        )
         self.snapshot_age = Gauge(
             "pushflow_model_snapshot_age_seconds", "Seconds since the model in use was published.",
             registry=registry,
@@ -108,7 +121,8 @@ class Metrics:
             ["topic", "partition"], registry=registry,
         )
         self.ready = Gauge(
-            "pushflow_ready", "1 when partitions are assigned and recovery is done.",
+            "pushflow_ready",
+            "1 when partitions are assigned, recovery is done and snapshots are followed.",
             registry=registry,
         )
         self.expired_users = Counter(
@@ -156,3 +170,5 @@ class Metrics:
             self.intents.labels(explore=explore)
         for clock in ("event", "processing"):
             self.decision_latency.labels(clock=clock)
+        for reason in SNAPSHOT_REFUSALS:
+            self.snapshots_refused.labels(reason=reason)

@@ -18,22 +18,23 @@ True
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from river import __version__ as river_version
 from river import compose, linear_model, optim, preprocessing
+from river.utils import VectorDict
 
-from streams.errors import IncompatibleSnapshot, SnapshotError
+from streams import snapshot_format
+from streams.errors import SnapshotError
 
 # Bump when the model's structure or feature meaning changes: old snapshots are then refused.
-MODEL_FORMAT = 3
+# 4: snapshots are data (weights, scaler statistics), no longer pickles.
+MODEL_FORMAT = 4
 CLIP = 5.0  # standard deviations
-SNAPSHOT_MAGIC = b"PUSHFLOW-MODEL\n"
 
 
 def clip_scaled(x: dict[str, float]) -> dict[str, float]:
@@ -120,58 +121,90 @@ class PushModel:
     def clone(self) -> PushModel:
         return copy.deepcopy(self)
 
-    def to_snapshot(self, meta: Mapping[str, object] | None = None) -> bytes:
-        """Header (JSON, checked before anything is unpickled) + pickled pipelines.
+    def to_snapshot(
+        self, meta: Mapping[str, object] | None = None, key: bytes | None = None
+    ) -> bytes:
+        """The model as signed data (:mod:`streams.snapshot_format`), never a pickle.
 
-        ``meta`` is stored in the header as is (e.g. how far in the example stream the model
-        has learned).
+        ``meta`` is stored beside the model as is (e.g. how far in the example stream the
+        model has learned); ``key`` signs it.
         """
-        header = {
-            **(meta or {}),
+        return snapshot_format.encode({**(meta or {}), **self.state()}, key)
+
+    @classmethod
+    def from_snapshot(cls, raw: bytes, key: bytes | None = None) -> PushModel:
+        """Rebuild a model; junk, another format or a bad signature is a SnapshotError."""
+        return cls.from_state(snapshot_format.decode(raw, key, MODEL_FORMAT))
+
+    def state(self) -> dict[str, Any]:
+        """Everything the model has learned, as numbers and strings."""
+        return {
             "format": MODEL_FORMAT,
-            "river": _minor(river_version),
+            "river": _minor(river_version),  # informative: the state is River's, not its code
             "version": self.version,
             "learning_rate": self.learning_rate,
             "l2": self.l2,
             "open_prior": self.open_prior,
             "disable_prior": self.disable_prior,
+            "seed": self.seed,
+            "open": _regression_state(self._open),
+            "disable": _regression_state(self._disable),
         }
-        body = pickle.dumps((self._open, self._disable), protocol=pickle.HIGHEST_PROTOCOL)
-        return SNAPSHOT_MAGIC + orjson.dumps(header) + b"\n" + body
 
     @classmethod
-    def from_snapshot(cls, raw: bytes) -> PushModel:
-        """Rebuild a model; refuse snapshots from another model format or River release."""
-        header = snapshot_header(raw)
-        if header.get("format") != MODEL_FORMAT or header.get("river") != _minor(river_version):
-            raise IncompatibleSnapshot(
-                f"snapshot format {header.get('format')} / river {header.get('river')} "
-                f"cannot be loaded by format {MODEL_FORMAT} / river {_minor(river_version)}"
-            )
+    def from_state(cls, document: Mapping[str, Any]) -> PushModel:
+        """The model :meth:`state` describes; every value is checked before it is used."""
+        fields = snapshot_format.Fields(document)
+        prior = (1e-9, 1 - 1e-9)  # log-odds of the prior must be finite
         model = cls(
-            float(header["learning_rate"]),
-            float(header["l2"]),
-            float(header["open_prior"]),
-            float(header["disable_prior"]),
+            learning_rate=fields.number("learning_rate", 0.0, 10.0),
+            l2=fields.number("l2", 0.0, 10.0),
+            open_prior=fields.number("open_prior", *prior),
+            disable_prior=fields.number("disable_prior", *prior),
+            seed=fields.count("seed", 2**63),
         )
-        body = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[1]
-        model._open, model._disable = pickle.loads(body)
-        model.version = int(header["version"])
+        _restore_regression(model._open, fields.object("open"))
+        _restore_regression(model._disable, fields.object("disable"))
+        model.version = fields.count("version")
         return model
 
 
-def snapshot_header(raw: bytes) -> dict[str, Any]:
-    """The JSON header of a snapshot, without unpickling anything."""
-    if not raw.startswith(SNAPSHOT_MAGIC):
-        raise SnapshotError("not a pushflow model snapshot (bad magic)")
-    try:
-        line = raw[len(SNAPSHOT_MAGIC) :].split(b"\n", 1)[0]
-        header = orjson.loads(line)
-    except (orjson.JSONDecodeError, IndexError) as exc:
-        raise SnapshotError(f"unreadable snapshot header: {exc}") from None
-    if not isinstance(header, dict):
-        raise SnapshotError("snapshot header is not an object")
-    return header
+def _parts(
+    pipeline: compose.Pipeline,
+) -> tuple[linear_model.LogisticRegression, preprocessing.StandardScaler]:
+    """The two learning steps of a :func:`_logistic` pipeline; the rest holds no state."""
+    union = pipeline.steps["TransformerUnion"]
+    return pipeline.steps["LogisticRegression"], union.transformers["Pipeline"]["StandardScaler"]
+
+
+def _regression_state(pipeline: compose.Pipeline) -> dict[str, Any]:
+    regression, scaler = _parts(pipeline)
+    return {
+        "intercept": regression.intercept,
+        # a generic name -> weight object: more (e.g. hashed) features only add entries
+        "weights": regression._weights.to_dict(),
+        "iterations": regression.optimizer.n_iterations,
+        "scaler": {
+            "counts": dict(scaler.counts),
+            "means": dict(scaler.means),
+            "vars": dict(scaler.vars),
+        },
+    }
+
+
+def _restore_regression(pipeline: compose.Pipeline, fields: snapshot_format.Fields) -> None:
+    regression, scaler = _parts(pipeline)
+    bound = snapshot_format.MAX_FLOAT
+    regression.intercept = fields.number("intercept", -bound, bound)
+    regression._weights = VectorDict(fields.floats("weights"))
+    regression.optimizer.n_iterations = fields.count("iterations")
+    statistics = fields.object("scaler")
+    variances = statistics.floats("vars")
+    if any(v < 0 for v in variances.values()):
+        raise SnapshotError(f"{statistics.where}.vars holds a negative variance")
+    scaler.counts = collections.Counter(statistics.counts("counts"))
+    scaler.means = collections.defaultdict(float, statistics.floats("means"))
+    scaler.vars = collections.defaultdict(float, variances)
 
 
 def _minor(version: str) -> str:

@@ -101,6 +101,8 @@ class Settings:
     seed: int = 42
     snapshot_every: int = 200
     snapshot_interval_s: float = 5.0
+    # HMAC-SHA256 key of model snapshots: the trainer signs, followers refuse unsigned ones
+    snapshot_key: Secret | None = None
     # --- policy
     daily_cap: int = 5
     min_gap_s: int = 4 * 3600
@@ -133,9 +135,9 @@ class Settings:
     gc_threshold: int = 50_000
 
     def __post_init__(self) -> None:
-        for secret in ("sasl_password", "ssl_key_password"):
-            if isinstance(getattr(self, secret), str):
-                object.__setattr__(self, secret, Secret(getattr(self, secret)))
+        for name in ("sasl_password", "ssl_key_password", "snapshot_key"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Secret(getattr(self, name)))
         object.__setattr__(self, "security_protocol", self.security_protocol.upper())
         object.__setattr__(self, "sasl_mechanism", self.sasl_mechanism.upper())
         object.__setattr__(self, "log_level", self.log_level.lower())

@@ -2,8 +2,13 @@
 
 The follower is a plain confluent-kafka consumer outside the consumer group (every worker
 must see every snapshot), assigned to the single partition of ``model-snapshots`` from the
-beginning; it keeps the newest compatible model. Incompatible snapshots are refused with a
-log line and a counter, never unpickled.
+beginning; it keeps the newest valid model. A snapshot is data (:mod:`streams.snapshot_format`),
+signed when a ``snapshot_key`` is set; anything else read there is refused with a counter and
+a rate-limited log line, and the follower goes on with the next record.
+
+Only a valid snapshot's version counts: a refused record with a huge version blocks nothing.
+A worker says it cannot follow snapshots (not ready, ``pushflow_model_snapshots_ok`` 0) while
+the newest record it read was refused or its follower thread stopped.
 """
 
 from __future__ import annotations
@@ -12,19 +17,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from streams import snapshot_format
 from streams.errors import SnapshotError
-from streams.model import PushModel, snapshot_header
+from streams.model import MODEL_FORMAT, PushModel
+from streams.settings import Secret
 
 log = logging.getLogger(__name__)
 
+LOG_EVERY_S = 60.0  # one log line per refusal reason per minute; the counter has them all
+
 
 class ModelHolder:
-    """The model a worker scores with; swapped atomically when a newer snapshot arrives."""
+    """The model a worker scores with; swapped atomically when a newer snapshot arrives.
 
-    def __init__(self, fresh: PushModel) -> None:
+    Parameters
+    ----------
+    fresh
+        Served until a snapshot is taken.
+    key
+        The ``snapshot_key``: snapshots are signed with it and refused without its signature.
+    on_refused
+        Called with the reason of every refused snapshot (the metrics counter).
+    """
+
+    def __init__(
+        self,
+        fresh: PushModel,
+        key: Secret | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.serving = fresh
         self.published_at_ms: int | None = None
         # Offset in the training-examples topic up to which ``serving`` has learned, and the
@@ -32,7 +57,21 @@ class ModelHolder:
         self.training_offset = 0
         self.learned_upto: dict[str, list[int]] = {}
         self.refused = 0
+        # Why the newest record read was refused, and what stops the follower (see status).
+        self.newest_refusal: str | None = None
+        self.follower_problem: str | None = None
+        self._key = key
+        self._on_refused = on_refused
+        self._logged_at: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    @property
+    def key(self) -> bytes | None:
+        return self._key.get().encode() if self._key else None
+
+    def encode(self, model: PushModel, meta: Mapping[str, object]) -> bytes:
+        """``model`` as a snapshot, signed with this worker's key if it has one."""
+        return model.to_snapshot(meta, key=self.key)
 
     def offer(
         self,
@@ -52,18 +91,66 @@ class ModelHolder:
             return True
 
     def offer_bytes(self, raw: bytes, published_at_ms: int) -> bool:
+        """Read one record of the snapshot topic; never raises for what the record holds."""
         try:
-            header = snapshot_header(raw)
-            if int(header.get("version", -1)) <= self.serving.version:
-                return False
-            offset = int(header.get("training_offset", 0))
-            learned_upto = header.get("learned_upto") or {}
-            model = PushModel.from_snapshot(raw)
-            return self.offer(model, published_at_ms, offset, learned_upto)
+            document = snapshot_format.decode(raw, self.key, MODEL_FORMAT)
+            model = PushModel.from_state(document)
+            offset, learned_upto = _position(document)
         except SnapshotError as exc:
-            self.refused += 1
-            log.error("refused model snapshot: %s", exc)
+            self.refuse(exc.reason, str(exc))
             return False
+        except Exception as exc:  # a bug met on bad data: still one refusal, not a dead thread
+            self.refuse("unexpected", f"{type(exc).__name__}: {exc}", exc_info=True)
+            return False
+        self.newest_refusal = None
+        return self.offer(model, published_at_ms, offset, learned_upto)
+
+    def refuse(self, reason: str, message: str, exc_info: bool = False) -> None:
+        """Count and log one refused record: the worker is not ready until a valid one."""
+        self.newest_refusal = reason
+        self.count(reason, message, exc_info)
+
+    def count(self, reason: str, message: str, exc_info: bool = False) -> None:
+        """Count a record or a poll that gave no model; one log line per reason per minute."""
+        self.refused += 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged_at[reason] = now
+            log.error("refused model snapshot (%s, %d refused so far; one line per minute "
+                      "per reason): %s", reason, self.refused, message[:300], exc_info=exc_info)
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``refused:<reason>`` (the newest record) or the follower's problem."""
+        if self.follower_problem is not None:
+            return self.follower_problem
+        return "ok" if self.newest_refusal is None else f"refused:{self.newest_refusal}"
+
+    @property
+    def following(self) -> bool:
+        """Whether the newest snapshot record was usable and the follower runs and reads."""
+        return self.status == "ok"
+
+    @property
+    def newest_refused(self) -> bool:
+        return self.newest_refusal is not None
+
+
+def _position(document: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]]:
+    """Where in the example stream a snapshot's model stands (see streams.training)."""
+    fields = snapshot_format.Fields(document)
+    offset = fields.count("training_offset") if "training_offset" in document else 0
+    upto = fields.object("learned_upto").document if "learned_upto" in document else {}
+    learned_upto: dict[str, list[int]] = {}
+    for where, position in upto.items():
+        if not (isinstance(position, list) and len(position) == 2):
+            raise SnapshotError(f"snapshot.learned_upto[{where!r}] is not [offset, index]")
+        pair = snapshot_format.Fields({"offset": position[0], "index": position[1]},
+                                      f"snapshot.learned_upto[{where!r}]")
+        learned_upto[where] = [pair.count("offset"), pair.count("index")]
+    return offset, learned_upto
 
 
 class SnapshotFollower:
@@ -107,7 +194,7 @@ class SnapshotFollower:
         """Read until the end of the topic (or the timeout): a cold start serves the newest."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._poll_once(0.5) == "eof":
+            if self._poll_safely(0.5) == "eof":
                 return
         log.warning("snapshot topic not read to its end within %.0fs", timeout)
 
@@ -122,8 +209,24 @@ class SnapshotFollower:
         self._consumer.close()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poll_once(0.5)
+        try:
+            while not self._stop.is_set():
+                self._poll_safely(0.5)
+        finally:
+            if not self._stop.is_set():
+                self._holder.follower_problem = "follower_stopped"
+
+    def _poll_safely(self, timeout: float) -> str | None:
+        """One poll that nothing read can turn into an exception (a start never fails on it)."""
+        try:
+            outcome = self._poll_once(timeout)
+        except Exception as exc:  # the client itself failing: not ready while it does
+            self._holder.follower_problem = "follower_error"
+            self._holder.count("follower_error", f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._stop.wait(1.0)
+            return None
+        self._holder.follower_problem = None
+        return outcome
 
     def _poll_once(self, timeout: float) -> str | None:
         message = self._consumer.poll(timeout)
@@ -136,7 +239,9 @@ class SnapshotFollower:
             log.warning("snapshot follower: %s", error)
             return None
         raw = message.value()
-        if raw and self._holder.offer_bytes(raw, message.timestamp()[1]):
+        if raw is None:  # a tombstone: nothing to serve, nothing wrong
+            return "message"
+        if self._holder.offer_bytes(raw, message.timestamp()[1]):
             log.info("serving model version %d", self._holder.serving.version)
             if self._on_swap is not None:
                 self._on_swap(self._holder.serving.version)

@@ -121,7 +121,7 @@ class Trainer:
         model = self.model.clone()
         upto = dict(self.learned_upto)
         meta = {"training_offset": self.training_offset, "learned_upto": upto}
-        await self.publish(model.to_snapshot(meta))
+        await self.publish(self.models.encode(model, meta))
         self.last_published = model.version
         self.models.offer(model, int(time.time() * 1000), self.training_offset, upto)
         self.metrics.model_version.set(model.version)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.errors import IncompatibleSnapshot, SnapshotError
-from streams.model import SNAPSHOT_MAGIC, PushModel
+from streams.model import PushModel
 
 features = st.dictionaries(
     st.sampled_from(["act_1h", "act_24h", "open_rate", "kind=trending", "kind=live_started"]),
@@ -66,15 +64,24 @@ def test_it_learns_the_signal() -> None:
     assert model.p_open({"act_24h": -2.0, "kind=trending": 1.0}) < 0.2
 
 
-def test_incompatible_snapshots_are_refused_before_unpickling() -> None:
-    raw = trained(5).to_snapshot()
-    bumped = raw.replace(b'"format":3', b'"format":99', 1)
-    with pytest.raises(IncompatibleSnapshot):
-        PushModel.from_snapshot(bumped)
-    with pytest.raises(SnapshotError):
-        PushModel.from_snapshot(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    with pytest.raises(SnapshotError):
-        PushModel.from_snapshot(SNAPSHOT_MAGIC + b"not json\n")
+examples = st.lists(st.tuples(features, st.booleans(), st.booleans()), min_size=1, max_size=30)
+
+
+@settings(max_examples=50, deadline=None)
+@given(examples, features)
+def test_a_restored_model_keeps_learning_identically(
+    more: list[tuple[dict[str, float], bool, bool]], x: dict[str, float]
+) -> None:
+    """Learning the same examples on the snapshotted and the restored model gives the same
+    state and scores: optimizer and scaler statistics travel, not only the weights."""
+    model = trained(50)
+    restored = PushModel.from_snapshot(model.to_snapshot())
+    for features_, opened, disabled in more:
+        model.learn(features_, opened=opened, disabled=disabled)
+        restored.learn(features_, opened=opened, disabled=disabled)
+    assert restored.state() == model.state()
+    assert restored.p_open(x) == model.p_open(x)
+    assert restored.p_disable(x) == model.p_disable(x)
 
 
 def test_a_feature_constant_for_long_cannot_saturate_the_score() -> None:
