@@ -87,7 +87,8 @@ def model_table(s: dict[str, Any]) -> Table:
         table.add_row("log loss", _num(m["log_loss"]))
         table.add_row("calibration (ECE)", _num(m["calibration_error"]))
     windows = " ".join(_num(w["auc"], 2) for w in m["auc_windows"][-6:]) or "-"
-    table.add_row("AUC by window", f"{windows}  {m['auc_trend']}")
+    table.add_row("AUC by window", windows)
+    table.add_row("AUC trend", m["auc_trend"] or "-")
     return table
 
 

@@ -217,7 +217,7 @@ class _Run:
 
     def _absorb(self, now: int, out: StepOutput) -> None:
         measuring = self.measure_from <= now < self.measure_until
-        day = (now - self.options.start_ms) // DAY_MS
+        day = (now - 1 - self.options.start_ms) // DAY_MS  # a step ends at ``now``: its day
         for decision in out.decisions:
             self.reasons[decision["reason"]] += measuring
             self.reasons_by_day.setdefault(day, Counter())[decision["reason"]] += 1

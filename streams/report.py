@@ -247,7 +247,9 @@ def evaluate_report(e: dict[str, Any]) -> Report:
     policies = e["policies"]
     learner = next((n for n in ("full", "full-volume", "fixed-threshold") if n in policies), None)
     full = policies.get(learner or "", {})
-    days = sorted({int(d) for row in policies.values() for d in row.get("by_day", {})})
+    # Pushes held past the end of the run fall on a day after it, with no time to be opened.
+    days = sorted({int(d) for row in policies.values() for d in row.get("by_day", {})
+                   if int(d) < e["options"]["days"]})
     rates = {name: [_rate(*reversed(row["by_day"].get(str(d), [0, 0]))) for d in days]
              for name, row in policies.items() if name in ("full", "send-everything")}
     o = e["options"]
