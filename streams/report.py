@@ -26,6 +26,7 @@ import click
 
 INSTALL_HINT = "pip install 'pushflow[report]'"
 PLOT_IDS = ("reliability", "learning", "decisions", "open-rate")
+MAX_POINTS = 400  # per time series: the page stays small however long the demo ran
 
 
 def require_plotting() -> None:
@@ -272,8 +273,8 @@ def evaluate_report(e: dict[str, Any]) -> Report:
 
 
 def demo_report(s: dict[str, Any]) -> Report:
-    """From the demo's final summary (with its ``history``)."""
-    h = s.get("history", [])
+    """From the demo's final summary (with its ``history``, one row per refresh)."""
+    h = _thin(s.get("history", []), MAX_POINTS)
     minutes = [row["elapsed_s"] / 60 for row in h]
     learning = [{"labels": row["labels"], "rolling_auc": row["rolling_auc"],
                  "log_loss": row["log_loss"]} for row in h if row["rolling_auc"] is not None]
@@ -289,22 +290,25 @@ def demo_report(s: dict[str, Any]) -> Report:
         reliability_plot(s.get("reliability", []),
                          "Pushes whose attribution window ended, by predicted p_open"),
         learning_plot(learning, "The worker's prequential figures (last 1000 labels)"),
-        decisions_plot(_deltas(minutes), _per_step([row["decisions_by_reason"] for row in h]),
-                       "minutes", "Candidates decided per refresh, by final reason."),
+        decisions_plot(minutes, [row["decisions_by_reason"] for row in h], "minutes",
+                       "Candidates decided so far, by latest decision (a held push moves from "
+                       "held to released when it goes out)."),
         open_rate_plot(minutes, {n: [row["open_rate"].get(n) for row in h]
                                  for n in ("model", "holdout")},
                        "minutes", "Cumulative open rate of each group's pushes."),
     ])
 
 
-def _deltas(times: list[float]) -> list[float]:
-    return times[1:]
+def _thin(rows: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
+    """At most about ``most`` evenly spaced rows, the last one kept (an hour's demo: 3600).
 
-
-def _per_step(cumulative: list[dict[str, int]]) -> list[dict[str, int]]:
-    """Differences of cumulative counts (a held push moves from ``held`` when released)."""
-    return [{k: max(0, b.get(k, 0) - a.get(k, 0)) for k in b}
-            for a, b in zip(cumulative, cumulative[1:], strict=False)]
+    >>> [r["t"] for r in _thin([{"t": t} for t in range(10)], 4)]
+    [0, 3, 6, 9]
+    """
+    if len(rows) <= most:
+        return rows
+    step = math.ceil(len(rows) / most)
+    return rows[::step] if (len(rows) - 1) % step == 0 else [*rows[::step], rows[-1]]
 
 
 def _pairs(counts: dict[str, Any]) -> str:
