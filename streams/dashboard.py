@@ -87,7 +87,7 @@ def model_table(s: dict[str, Any]) -> Table:
         table.add_row("log loss", _num(m["log_loss"]))
         table.add_row("calibration (ECE)", _num(m["calibration_error"]))
     windows = " ".join(_num(w["auc"], 2) for w in m["auc_windows"][-6:]) or "-"
-    table.add_row("AUC by window", windows)
+    table.add_row("AUC every 500 labels", windows)
     table.add_row("AUC trend", m["auc_trend"] or "-")
     return table
 
@@ -99,11 +99,14 @@ def groups_table(s: dict[str, Any]) -> Table:
     table.add_column("pushes", justify="right")
     table.add_column("opens", justify="right")
     table.add_column("open rate", justify="right")
+    table.add_column("95% CI", justify="right")
     for name, g in s["groups"].items():
-        table.add_row(name, str(g["pushes"]), str(g["opens"]), _num(g["open_rate"]))
+        ci = g.get("ci95")
+        interval = "-" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
+        table.add_row(name, str(g["pushes"]), str(g["opens"]), _num(g["open_rate"]), interval)
     lift = s["open_rate_lift"]
     table.add_section()
-    table.add_row("lift", "", "", "-" if lift is None else f"{lift:.2f}x", style="bold")
+    table.add_row("lift", "", "", "-" if lift is None else f"{lift:.2f}x", "", style="bold")
     return table
 
 
@@ -142,8 +145,9 @@ def example_summary() -> dict[str, Any]:
         "rates": {"events": 120.0, "candidates": 10.0},
         "rates_now": {"events": 120.0, "candidates": 10.0},
         "decisions_by_reason": {"above_threshold": 3, "held": 2, "holdout_send": 1},
-        "groups": {"model": {"pushes": 3, "opens": 0, "open_rate": 0.0},
-                   "holdout": {"pushes": 1, "opens": 0, "open_rate": 0.0}},
+        "groups": {"model": {"pushes": 3, "opens": 0, "open_rate": 0.0, "ci95": [0.0, 0.5615]},
+                   "holdout": {"pushes": 1, "opens": 0, "open_rate": 0.0,
+                               "ci95": [0.0, 0.7935]}},
         "open_rate_lift": None,
         "model": {"version": 0, "versions_per_min": 0.0, "labels": 0, "window_labels": 0,
                   "warming_up": True, "rolling_auc": None, "log_loss": None,

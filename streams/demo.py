@@ -42,6 +42,7 @@ log = logging.getLogger("pushflow")
 REFRESH_S = 5.0  # plain lines (no terminal): a log, not a screen
 LIVE_REFRESH_S = 1.0
 PREQUENTIAL_WINDOW = 1000  # labels behind the worker's rolling figures (training.Prequential)
+AUC_EVERY = 500  # labels between two AUC readings of the trend: windows half new, half old
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,7 @@ def _rates_now(
 def _model_figures(run: DemoRun, figures: dict[str, Any], elapsed: float) -> dict[str, Any]:
     learned, version = int(figures.get("learned", 0)), int(figures.get("version", 0))
     auc = _finite(figures.get("rolling_auc"))
-    step = PREQUENTIAL_WINDOW
-    if auc is not None and learned >= step * (len(run.auc_windows) + 1):
+    if auc is not None and learned >= AUC_EVERY * (len(run.auc_windows) + 1):
         run.auc_windows.append({"labels": learned, "auc": auc})
     minute_ago = next((r for r in run.history if elapsed - r["elapsed_s"] <= 60), None)
     per_min = 0.0

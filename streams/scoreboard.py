@@ -16,8 +16,8 @@ guardrails allow.
 >>> board.on_decision({"decision_id": "i1", "action": "send", "reason": "released"})
 >>> board.on_intent({"intent_id": "i1", "user_id": "u1", "p_open": 0.42, "send_at_ms": 0})
 >>> board.on_event({"type": "push_opened", "user_id": "u1", "intent_id": "i1"})
->>> board.final_reasons(), board.groups()["model"]
-({'released': 1}, {'pushes': 1, 'opens': 1, 'open_rate': 1.0})
+>>> board.final_reasons(), board.groups()["model"]["open_rate"]
+({'released': 1}, 1.0)
 >>> board.resolve(now_ms=5000)
 >>> board.reliability()
 [{'low': 0.4, 'n': 1, 'mean_p': 0.42, 'open_rate': 1.0}]
@@ -25,6 +25,7 @@ guardrails allow.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from typing import Any
 
@@ -113,7 +114,8 @@ class Scoreboard:
         for name in GROUPS:
             pushes, opens = self._pushes[name], self._opens[name]
             rate = round(opens / pushes, 4) if pushes else None
-            out[name] = {"pushes": pushes, "opens": opens, "open_rate": rate}
+            out[name] = {"pushes": pushes, "opens": opens, "open_rate": rate,
+                         "ci95": wilson(opens, pushes)}
         return out
 
     def reliability(self) -> list[dict[str, float]]:
@@ -123,3 +125,17 @@ class Scoreboard:
             for i, (n, s, k) in enumerate(self._cells)
             if n
         ]
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson interval of a rate: a short demo's holdout group has few pushes.
+
+    >>> wilson(9, 52)
+    [0.0938, 0.2973]
+    """
+    if not trials:
+        return None
+    p, n = successes / trials, trials
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]

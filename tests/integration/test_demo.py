@@ -52,6 +52,8 @@ def test_demo_summary_has_the_dashboard_figures(tmp_path: Path) -> None:
     # Opens the users drew but have not sent yet are in s["opens"], not in the groups.
     assert groups["model"]["opens"] + groups["holdout"]["opens"] <= s["opens"]
     assert groups["model"]["pushes"] > 0
+    low, high = groups["model"]["ci95"]
+    assert low <= groups["model"]["open_rate"] <= high
 
     model = s["model"]
     assert model["version"] == s["model_version"] and model["labels"] >= 0

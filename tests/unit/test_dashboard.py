@@ -60,7 +60,8 @@ def test_groups_split_users_as_the_worker_does_and_reliability_waits_for_the_win
     board.on_intent({"intent_id": "i1", "user_id": "u1", "p_open": 0.3, "send_at_ms": 0})
     board.on_intent({"intent_id": "i2", "user_id": "u2", "p_open": 0.35, "send_at_ms": 0})
     board.on_event({"type": "push_opened", "user_id": "u1", "intent_id": "i1"})
-    assert board.groups()["holdout"] == {"pushes": 2, "opens": 1, "open_rate": 0.5}
+    assert board.groups()["holdout"] == {"pushes": 2, "opens": 1, "open_rate": 0.5,
+                                         "ci95": [0.0945, 0.9055]}
     assert board.groups()["model"]["open_rate"] is None
     board.resolve(now_ms=99)
     assert board.reliability() == []
