@@ -75,13 +75,27 @@ def worker(**flags: Any) -> None:
               help="Write the final figures here as JSON.")
 @click.option("--broker-kind", type=click.Choice(["tansu", "noida"]), default=None,
               help="Which embedded broker to start when no broker is given.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write an HTML report with plots here (needs the 'report' extra).")
+@click.option("--worker-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The worker's log file (default: a new file in the temporary directory).")
+@click.option("--live/--plain", default=None,
+              help="Live dashboard or plain lines (default: live on a terminal).")
 def demo(duration: float | None, users: int, speed: float, seed: int,
-         summary_json: Path | None, broker_kind: str | None, **flags: Any) -> None:
-    """Embedded broker + worker + simulated users, with a live summary."""
+         summary_json: Path | None, broker_kind: str | None, html: Path | None,
+         worker_log: Path | None, live: bool | None, **flags: Any) -> None:
+    """Embedded broker + worker + simulated users, with a live dashboard."""
     from streams.demo import DemoOptions, run_demo
 
     settings = build_settings(**flags)
-    options = DemoOptions(duration, users, speed, seed, summary_json, broker_kind)
+    if html is not None:
+        from streams.report import require_plotting
+
+        require_plotting()
+    # The worker serves its metrics where asked (flag or PUSHFLOW_WEB_PORT), else anywhere free.
+    asked = flags.get("web_port") is not None or "PUSHFLOW_WEB_PORT" in os.environ
+    options = DemoOptions(duration, users, speed, seed, summary_json, broker_kind,
+                          settings.web_port if asked else None, worker_log, html, live)
     _run(lambda: run_demo(settings, options))
 
 

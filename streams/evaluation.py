@@ -104,3 +104,35 @@ class Prequential:
             "base_rate": sum(labels) / len(labels) if labels else math.nan,
             "reliability": self.reliability(),
         }
+
+
+class LearningCurve:
+    """AUC and log loss of a :class:`Prequential` as labels accrue, for plotting.
+
+    A point every ``every`` labels, then every 2% of the labels so far, so a long log gets a
+    few hundred points, not one per label (each point ranks the whole window).
+
+    >>> ev, curve = Prequential(window=100), LearningCurve(every=2)
+    >>> for p, y in [(0.9, 1), (0.2, 0), (0.8, 1), (0.85, 0)]:
+    ...     ev.update(p, y)
+    ...     curve.update(ev)
+    >>> [(c["labels"], c["rolling_auc"]) for c in curve.points]
+    [(2, 1.0), (4, 0.75)]
+    """
+
+    def __init__(self, every: int = 200) -> None:
+        self.every = max(1, every)
+        self.next_at = self.every
+        self.points: list[dict[str, Any]] = []
+
+    def update(self, ev: Prequential, force: bool = False) -> None:
+        """Record a point if one is due (or ``force``: the last one, at the end of a run)."""
+        done = bool(self.points) and self.points[-1]["labels"] == ev.n
+        if done or not ev.n or (ev.n < self.next_at and not force):
+            return
+        labels = [y for _, y in ev._recent]
+        auc = exact_auc(*zip(*ev._recent, strict=True)) if 0 < sum(labels) < len(labels) else None
+        self.points.append(
+            {"labels": ev.n, "rolling_auc": auc, "log_loss": round(ev.log_loss(), 5)}
+        )
+        self.next_at = ev.n + max(self.every, ev.n // 50)

@@ -51,14 +51,16 @@ from streams.errors import (
     PushflowError,
     SchemaViolation,
 )
-from streams.evaluation import EPS, Prequential, exact_auc
+from streams.evaluation import EPS, LearningCurve, Prequential, exact_auc
 from streams.features import UserState
 from streams.flags import setting_flags
 from streams.model import PushModel
 from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
+from streams.policy import in_holdout
 
 EVENTS, CANDIDATES = "user-events", "notification-candidates"
+HOUR_MS = 3_600_000
 SEND, SUPPRESS, HOLD = "send", "suppress", "hold"
 
 
@@ -187,6 +189,10 @@ class ReplayReport:
     p_disable_log_loss: float = math.nan
     off_policy: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    # For plots (``--html``): AUC and log loss as labels accrue; decisions per event-time hour;
+    # labels and opens per event-time hour by group ({"model": [labels, opens], "holdout": ...}).
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)
+    timeline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,6 +306,9 @@ class Replayer:
             k: Counter() for k in ("msg", "dl", "ign", "dec", "lab")
         }
         self.prequential = Prequential(window=options.window)
+        self.curve = LearningCurve()
+        self.hourly: dict[int, Counter[str]] = {}
+        self.by_group: dict[int, dict[str, list[int]]] = {}
         self.disable_loss = [0.0, 0]
         self.labeled: list[Labeled] = []
         self.logged: dict[str, tuple[str, LoggedAction]] = {}  # intent id -> (candidate, logged)
@@ -378,6 +387,7 @@ class Replayer:
 
     def _count_decision(self, decision: dict[str, Any]) -> None:
         self.counts["dec"][decision["reason"]] += 1
+        self.hourly.setdefault(self.watermark_ms // HOUR_MS, Counter())[decision["reason"]] += 1
         intent_id, action = decision["decision_id"], decision["action"]
         if intent_id in self.logged and (
             decision["reason"] != "duplicate" or intent_id not in self.p_send
@@ -394,8 +404,10 @@ class Replayer:
             self.report.unlogged_labels += 1  # the log cannot know this outcome: not learned
             return
         self.counts["lab"][example.outcome] += 1
+        self._count_group(example)
         if example.p_open is not None:
             self.prequential.update(example.p_open, example.label)
+            self.curve.update(self.prequential)
             self.labeled.append(
                 Labeled(example.decided_at_ms, example.features, example.p_open, example.label)
             )
@@ -408,6 +420,14 @@ class Replayer:
         every = self.options.snapshot_every
         if every > 0 and self.trainer.version - self.serving.version >= every:
             self.serving = self.trainer.clone()
+
+    def _count_group(self, example: TrainingExample) -> None:
+        group = "holdout" if in_holdout(example.user_id, self.decider.config.policy.holdout_share) \
+            else "model"
+        day = self.by_group.setdefault(example.decided_at_ms // HOUR_MS, {})
+        cell = day.setdefault(group, [0, 0])
+        cell[0] += 1
+        cell[1] += example.label
 
     def _dead_letter(self, error: ContractError) -> None:
         self.counts["dl"][error.code] += 1
@@ -433,6 +453,12 @@ class Replayer:
         r.p_disable_log_loss = loss / n if n else math.nan
         r.off_policy = self._off_policy()
         r.baseline = batch_baseline(self.labeled, self.options.baseline_share)
+        self.curve.update(self.prequential, force=True)
+        r.learning_curve = list(self.curve.points)
+        r.timeline = {
+            "decisions": {str(h): dict(c) for h, c in sorted(self.hourly.items())},
+            "groups": {str(d): dict(g) for d, g in sorted(self.by_group.items())},
+        }
         return r
 
     def _off_policy(self) -> dict[str, Any] | None:
@@ -497,14 +523,20 @@ _setting_flags = setting_flags(_FLAGS)
 @click.option("--policy", "policy_overrides", multiple=True, metavar="FIELD=VALUE",
               help="Set a PolicyConfig field that Settings does not carry (repeatable).")
 @click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write an HTML report with plots here (needs the 'report' extra).")
 @_setting_flags
 def replay_command(file: str, report_json: Path | None, snapshot_every: int,
                    baseline_share: float, window: int, decisions_out: BinaryIO | None,
-                   policy_overrides: tuple[str, ...], progress: bool, **flags: Any) -> None:
+                   policy_overrides: tuple[str, ...], progress: bool, html: Path | None,
+                   **flags: Any) -> None:
     """Replay a JSONL log of input messages through the decision core (see docs/replay.md)."""
     from streams.config import decider_config, fresh_model
+    from streams.report import replay_report, require_plotting, write_report
     from streams.settings import Settings
 
+    if html is not None:
+        require_plotting()  # before the replay, not after it
     try:
         settings = Settings.from_env(os.environ, **flags)
         config = with_policy_overrides(decider_config(settings), policy_overrides)
@@ -519,6 +551,8 @@ def replay_command(file: str, report_json: Path | None, snapshot_every: int,
     click.echo(report.format_table())
     if report_json is not None:
         report_json.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
+    if html is not None:
+        write_report(html, replay_report(report.to_dict(), Path(file).name))
 
 
 def with_policy_overrides(config: DeciderConfig, overrides: Iterable[str]) -> DeciderConfig:

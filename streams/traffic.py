@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,10 +47,14 @@ class TrafficDriver:
         Simulated milliseconds per real millisecond.
     from_beginning
         Read output topics from their start (a fresh broker) or only new records.
+    on_record
+        Called with ``(kind, record)`` for every record sent (``events``, ``candidates``) and
+        read back (``intents``, ``decisions``, ``dead_letters``), e.g. to tally them.
     """
 
     def __init__(
-        self, settings: Settings, population: Population, speed: float, from_beginning: bool
+        self, settings: Settings, population: Population, speed: float, from_beginning: bool,
+        on_record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.population = population
@@ -59,6 +64,7 @@ class TrafficDriver:
         self.received: Counter[str] = Counter()
         self.decisions_by_reason: Counter[str] = Counter()
         self.dead_letter_codes: Counter[str] = Counter()
+        self.on_record = on_record
         self._producer = Producer(producer_config(settings))
         self._consumer = Consumer(
             {
@@ -97,6 +103,8 @@ class TrafficDriver:
             except BufferError:
                 self._producer.poll(0.1)
         self.sent[kind] += 1
+        if self.on_record is not None:
+            self.on_record(kind, message)
 
     def _receive(self, message: Any) -> None:
         if message.error() is not None:
@@ -106,14 +114,17 @@ class TrafficDriver:
         topic = message.topic()
         record = orjson.loads(message.value())
         if topic == self.settings.topic("intents_topic"):
-            self.received["intents"] += 1
+            kind = "intents"
             self.population.deliver(record)
         elif topic == self.settings.topic("decisions_topic"):
-            self.received["decisions"] += 1
+            kind = "decisions"
             self.decisions_by_reason[record["reason"]] += 1
         else:
-            self.received["dead_letters"] += 1
+            kind = "dead_letters"
             self.dead_letter_codes[record.get("error_code", "?")] += 1
+        self.received[kind] += 1
+        if self.on_record is not None:
+            self.on_record(kind, record)
 
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
