@@ -36,7 +36,7 @@ from streams.contracts import (
     validator,
 )
 from streams.errors import ContractError
-from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.features import UserState, state_from_bytes, state_to_bytes, was_decided
 from streams.pipeline import Decider, StepOutput
 from streams.settings import Settings
 
@@ -426,7 +426,8 @@ def expected_ignore(decider: Decider, state: UserState, parsed: Any) -> set[str 
     """The documented outcome of a valid input, from the state before it (docs/reliability.md)."""
     if hasattr(parsed, "candidate_id"):
         # every valid candidate is decided once; one decided before emits nothing
-        return {"duplicate_candidate"} if parsed.candidate_id in state.decided else {None}
+        now = max(parsed.created_at_ms, state.watermark_ms)
+        return {"duplicate_candidate"} if was_decided(state, parsed.candidate_id, now) else {None}
     if parsed.event_time_ms < state.watermark_ms - decider.config.late_tolerance_ms:
         return {"too_late"}
     if parsed.type not in ("push_opened", "push_dismissed"):
