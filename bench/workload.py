@@ -7,7 +7,7 @@ few hundred thousand messages in seconds; this generator only has to produce *va
 - 85% activity (``video_view``, ``like``, ... with small ``props``),
 - 10% candidates (6 kinds, ~1% critical, TTL 1-6 h),
 - 5% feedback on an earlier candidate of the same user, naming the intent id the worker
-  derives from it (``intent_id_for(candidate_id)``), inside the 1 h attribution window.
+  derives from it (``intent_id_for(user_id, candidate_id)``), inside the 1 h attribution window.
 
 Every user is active: 70% of user draws walk a shuffled cycle over all users (so with
 ``0.95 * 0.7 * events >= users`` each has state), the other 30% are skewed (``u = U * r**1.5``)
@@ -171,7 +171,8 @@ class Workload:
             kind = self._pick(self._feedback)
             if kind != "push_delivered":  # a terminal outcome: one per intent
                 self._drop(index)
-            extra = {} if kind == "uninstall" else {"intent_id": intent_id_for(sent.candidate_id)}
+            intent_id = intent_id_for(self.user_ids[sent.user], sent.candidate_id)
+            extra = {} if kind == "uninstall" else {"intent_id": intent_id}
             return self._event(sent.user, kind, at_ms, **extra)
         return None
 

@@ -28,6 +28,8 @@ def decider_config(settings: Settings) -> DeciderConfig:
         attribution_window_ms=settings.attribution_window_s * 1000,
         late_tolerance_ms=settings.late_tolerance_s * 1000,
         outbox_limit=settings.outbox_limit,
+        decided_horizon_ms=settings.decided_horizon_s * 1000,
+        decided_limit=settings.decided_limit,
     )
 
 

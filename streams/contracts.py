@@ -84,17 +84,26 @@ class Candidate:
 
     @property
     def intent_id(self) -> str:
-        return intent_id_for(self.candidate_id)
+        return intent_id_for(self.user_id, self.candidate_id)
 
 
 @lru_cache(maxsize=65_536)  # a candidate's id is derived several times while it is decided
-def intent_id_for(candidate_id: str) -> str:
-    """Deterministic intent id: a replay of the same candidate re-emits the same id.
+def intent_id_for(user_id: str, candidate_id: str) -> str:
+    """Deterministic intent id of one user's candidate: a replay re-emits the same id.
 
-    >>> intent_id_for("c-1") == intent_id_for("c-1") != intent_id_for("c-2")
+    Upstream candidate ids are unique per user only, so the user is part of the name. The name
+    is the UTF-8 byte length of ``user_id``, a colon, then both ids (``"2:u1c-1"``): the length
+    says where the user id ends, so ``("a:b", "c")`` and ``("a", "b:c")`` cannot collide.
+
+    >>> intent_id_for("u1", "c-1") == intent_id_for("u1", "c-1") != intent_id_for("u2", "c-1")
     True
+    >>> intent_id_for("a:b", "c") != intent_id_for("a", "b:c")
+    True
+    >>> intent_id_for("u1", "c-1")
+    '18e078d9-e2a2-5dd7-8336-055dfadaa241'
     """
-    return str(uuid.uuid5(INTENT_NAMESPACE, candidate_id))
+    name = f"{len(user_id.encode())}:{user_id}{candidate_id}"
+    return str(uuid.uuid5(INTENT_NAMESPACE, name))
 
 
 def schemas_dir() -> Path:

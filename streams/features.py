@@ -17,6 +17,8 @@ buckets ``(h(now) - 24, h(now)]`` and the 7d window day buckets ``(d(now) - 7, d
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ WINDOWS = (("1h", MS_5MIN, 12), ("24h", MS_HOUR, 24), ("7d", MS_DAY, 7))
 OPEN_PRIOR = (1.0, 9.0)  # Beta prior on open rate: a 10% mean worth 10 pushes
 PROFILE_LIMIT = 2000.0  # halve an hour-of-day profile beyond this total so it keeps adapting
 RECENT_SENDS_LIMIT = 64
+DECIDED_LIMIT = 1024  # candidate ids remembered per user, about 25 bytes of state each
 
 
 @dataclass(slots=True)
@@ -73,7 +76,8 @@ class UserState:
     recent_sends_ms: list[int] = field(default_factory=list)
     last_send_ms: int | None = None
     recent_content: dict[str, int] = field(default_factory=dict)
-    decided: dict[str, int] = field(default_factory=dict)
+    # decided_key(candidate id) -> until when (event time, whole seconds) it counts as decided
+    decided_ids: dict[str, int] = field(default_factory=dict)
     pending: dict[str, PendingLabel] = field(default_factory=dict)
     resolved: dict[str, int] = field(default_factory=dict)  # intent id -> when (for a day)
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -107,8 +111,9 @@ class UserState:
             self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
         if self.recent_content:
             self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
-        if self.decided:
-            self.decided = {c: exp for c, exp in self.decided.items() if exp >= watermark}
+        if self.decided_ids:
+            now_s = watermark // 1000
+            self.decided_ids = {k: t for k, t in self.decided_ids.items() if t >= now_s}
         if self.resolved:
             self.resolved = {i: t for i, t in self.resolved.items() if t > day_ago}
 
@@ -141,6 +146,51 @@ def window_counts(state: UserState, now_ms: int) -> tuple[int, int, int]:
         window = state.buckets[name]
         counts.append(sum(n for b, n in window.items() if newest - count < b <= newest))
     return counts[0], counts[1], counts[2]
+
+
+def decided_key(candidate_id: str) -> str:
+    """A short, fixed-size stand-in for a candidate id in the user's state: 64 bits of its
+    BLAKE2b digest, base64url (11 characters, where an id may have 128). Two ids of one user
+    share a key with probability about n**2 / 2**65 for n remembered ids: negligible.
+
+    >>> decided_key("c-1"), len(decided_key("x" * 128))
+    ('dWFHEV5NzHI', 11)
+    """
+    digest = hashlib.blake2b(candidate_id.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def was_decided(state: UserState, candidate_id: str, now_ms: int) -> bool:
+    """Whether ``candidate_id`` was decided for this user and is still remembered at ``now_ms``.
+
+    >>> s = UserState("u1")
+    >>> remember_decided(s, "c1", until_ms=10_000)
+    >>> was_decided(s, "c1", 10_000), was_decided(s, "c1", 11_000), was_decided(s, "c2", 0)
+    (True, False, False)
+    """
+    until_s = state.decided_ids.get(decided_key(candidate_id))
+    return until_s is not None and now_ms // 1000 <= until_s
+
+
+def remember_decided(
+    state: UserState, candidate_id: str, until_ms: int, limit: int = DECIDED_LIMIT
+) -> None:
+    """Remember ``candidate_id`` as decided until ``until_ms`` (rounded up to the second).
+
+    At most ``limit`` ids are kept; past it the one decided first is forgotten first (entries
+    keep their insertion order, through the changelog too).
+
+    >>> s = UserState("u1")
+    >>> for n in range(3):
+    ...     remember_decided(s, f"c{n}", until_ms=1_000, limit=2)
+    >>> [was_decided(s, f"c{n}", 0) for n in range(3)]
+    [False, True, True]
+    """
+    key = decided_key(candidate_id)
+    state.decided_ids.pop(key, None)  # a re-decided id moves to the newest end
+    state.decided_ids[key] = -(-until_ms // 1000)
+    while len(state.decided_ids) > limit:
+        del state.decided_ids[next(iter(state.decided_ids))]
 
 
 def record_send(state: UserState, at_ms: int, candidate: Candidate) -> None:
@@ -246,6 +296,10 @@ def state_from_bytes(raw: bytes) -> UserState:
     if raw[:1] != b"{":
         raw = zlib.decompress(raw)
     obj = orjson.loads(raw)
+    if "decided" in obj:  # written before ids were hashed: remembered until their expiry
+        obj.setdefault("decided_ids", {})
+        for candidate_id, expires_ms in obj.pop("decided").items():
+            obj["decided_ids"][decided_key(candidate_id)] = -(-expires_ms // 1000)
     obj["buckets"] = {
         name: {int(b): n for b, n in window.items()} for name, window in obj["buckets"].items()
     }

@@ -93,7 +93,7 @@ def impression(
     if clicked or no_click == "dismissed":
         kind = "push_opened" if clicked else "push_dismissed"
         feedback = _event(f"{candidate_id}:{kind}", user_id, kind, at_ms + FEEDBACK_DELAY_MS,
-                          intent_id_for(candidate_id))
+                          intent_id_for(user_id, candidate_id))
         lines.append((at_ms + FEEDBACK_DELAY_MS, _envelope("user-events", feedback)))
     return lines
 

@@ -23,11 +23,15 @@ from typing import Any
 from streams.attribution import TrainingExample, expire_pending, on_feedback
 from streams.contracts import Candidate, UserEvent
 from streams.features import (
+    DECIDED_LIMIT,
+    MS_DAY,
     PendingLabel,
     UserState,
     model_features,
     observe_activity,
     record_send,
+    remember_decided,
+    was_decided,
 )
 from streams.model import PushModel
 from streams.outbox import (
@@ -51,17 +55,25 @@ from streams.policy import (
 from streams.sendtime import slot_features
 
 OUTBOX_LIMIT = 16
+DECIDED_HORIZON_MS = 7 * MS_DAY
 
 
 @dataclass(frozen=True, slots=True)
 class DeciderConfig:
     """Policy and attribution settings of one :class:`Decider`; ``outbox_limit`` bounds the
-    pushes held per user (beyond it a new hold is suppressed as ``capped``)."""
+    pushes held per user (beyond it a new hold is suppressed as ``capped``).
+
+    A decided candidate id is remembered for ``decided_horizon_ms`` of event time after its
+    decision, or until its expiry if that is later, so that a re-send is ignored rather than
+    decided again; at most ``decided_limit`` ids per user, the first decided forgotten first.
+    """
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     attribution_window_ms: int = 3_600_000
     late_tolerance_ms: int = 7 * 86_400_000
     outbox_limit: int = OUTBOX_LIMIT
+    decided_horizon_ms: int = DECIDED_HORIZON_MS
+    decided_limit: int = DECIDED_LIMIT
 
 
 @dataclass(slots=True)
@@ -138,13 +150,14 @@ class Decider:
     def on_candidate(self, state: UserState, candidate: Candidate) -> StepOutput:
         """Score, decide, and remember what is needed to learn from the outcome.
 
-        A candidate already decided (an upstream duplicate, or a re-read after a crash on state
-        that kept the first pass) changes nothing and emits nothing: its first decision record
-        stands, so there is exactly one per candidate id.
+        A candidate already decided (an upstream duplicate, a re-send after its expiry, or a
+        re-read after a crash on state that kept the first pass) changes nothing and emits
+        nothing: its first final decision record stands, so there is one per candidate id of a
+        user for as long as the id is remembered (``DeciderConfig.decided_horizon_ms``).
         """
-        if candidate.candidate_id in state.decided:
-            return StepOutput(ignored="duplicate_candidate")
         now = max(candidate.created_at_ms, state.watermark_ms)
+        if was_decided(state, candidate.candidate_id, now):
+            return StepOutput(ignored="duplicate_candidate")
         if candidate.tz:
             state.tz = candidate.tz
         out = self.on_tick(state, now)
@@ -155,7 +168,9 @@ class Decider:
         decision = decide(scores, state, candidate, now, self.config.policy, score_at)
         if decision.scores is None and scores is not None:  # holdout: logged, not used
             decision = dataclasses.replace(decision, scores=scores)
-        state.decided[candidate.candidate_id] = candidate.expires_at_ms
+        # a candidate living longer than the horizon is still remembered until it expires
+        until = max(now + self.config.decided_horizon_ms, candidate.expires_at_ms)
+        remember_decided(state, candidate.candidate_id, until, self.config.decided_limit)
         if decision.action == HOLD:
             decision = self._hold(state, candidate, decision, now, out)
         out.decisions.append(_decision_record(candidate, decision, scores, now))
@@ -282,6 +297,8 @@ def _decision_record(
         "holdout": decision.holdout,
         "decided_at_ms": decided_at,
         "send_at_ms": decision.send_at_ms,
+        # a hold is followed by exactly one final record (released, or suppressed at release)
+        "final": decision.action != HOLD,
     }
 
 

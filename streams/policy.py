@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from streams.contracts import Candidate
-from streams.features import UserState, sends_in_last_day, smoothed_rate
+from streams.features import UserState, sends_in_last_day, smoothed_rate, was_decided
 from streams.guardrails import (
     blocked_at,
     conflicts,
@@ -218,7 +218,7 @@ def _hard_stop(
 ) -> Decision | None:
     if now_ms > candidate.expires_at_ms:
         return _decision(SUPPRESS, "expired", config, holdout=holdout)
-    if candidate.candidate_id in state.decided:
+    if was_decided(state, candidate.candidate_id, now_ms):
         return _decision(SUPPRESS, "duplicate", config, holdout=holdout)
     if duplicate_content(state, candidate, now_ms):
         return _decision(SUPPRESS, "duplicate", config, holdout=holdout)

@@ -123,6 +123,9 @@ class Settings:
     outbox_limit: int = 16
     # --- state lifetime
     user_ttl_s: int = 30 * 24 * 3600
+    # a decided candidate id counts as decided this long (or until its expiry, if later)
+    decided_horizon_s: int = 7 * 24 * 3600
+    decided_limit: int = 1024
     ttl_sweep_interval_s: float = 60.0
     # --- process
     web_host: str = "127.0.0.1"
@@ -157,6 +160,11 @@ class Settings:
         self._check_range("quiet_start_hour", 0, 23)
         self._check_range("quiet_end_hour", 0, 23)
         self._check_choice("log_format", ("text", "json"))
+        self._check_range("decided_limit", 1, 1_000_000)
+        if not 0 < self.decided_horizon_s <= self.user_ttl_s:
+            # an idle user's state, and the ids it remembers, is deleted after user_ttl_s
+            raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "
+                              f"{self.user_ttl_s}], not {self.decided_horizon_s!r}")
         if self.broker is not None and not self.broker.startswith("kafka://"):
             raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
 

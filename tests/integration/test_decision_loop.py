@@ -49,7 +49,7 @@ def test_engaged_user_gets_an_intent(deployment: Deployment) -> None:
     deployment.start_worker()
     deployment.produce([*activity("alice", 20), candidate("alice", "c-alice-1")])
     intents = deployment.read("intents_topic", lambda r: len(r) >= 1)
-    assert intents[0]["intent_id"] == intent_id_for("c-alice-1")
+    assert intents[0]["intent_id"] == intent_id_for("alice", "c-alice-1")
     assert intents[0]["user_id"] == "alice" and intents[0]["reason"] in SEND_REASONS
     decisions = deployment.read("decisions_topic", lambda r: len(r) >= 1)
     assert decisions[0]["decision_id"] == intents[0]["intent_id"]

@@ -135,7 +135,7 @@ class Traffic:
                 out += [event(user, f"r{r}", at, tz),
                         candidate(user, self.candidate_id(i, r), at + MINUTE, tz)]
                 if r == 2 and i % 2 == 0:
-                    opened = intent_id_for(self.candidate_id(i, 0))
+                    opened = intent_id_for(user, self.candidate_id(i, 0))
                     out.append(event(user, f"o{r}", at + 2 * MINUTE, tz, "push_opened", opened))
                 if i % 20 == 0:
                     out += [("user_events_topic", user.encode(), b'{"user_id": "' + user.encode()),
@@ -375,7 +375,7 @@ class Ledger:
     def foreign_intent_ids(self) -> set[str]:
         """Intents whose id is not the one derived from their candidate (a replay's new id)."""
         return {i["intent_id"] for i in self.intents
-                if i["intent_id"] != intent_id_for(i["candidate_id"])}
+                if i["intent_id"] != intent_id_for(i["user_id"], i["candidate_id"])}
 
     def reasons(self, candidate_ids: Iterable[str]) -> Counter[str]:
         wanted = set(candidate_ids)

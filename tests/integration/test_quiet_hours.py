@@ -40,7 +40,8 @@ def test_a_quiet_hours_candidate_is_held_and_released_in_the_local_morning(
     deployment.produce([event("night-owl", 1, held["send_at_ms"] + MINUTE)])  # morning comes
     [intent] = deployment.read("intents_topic", lambda r: len(r) >= 1)  # the first intent ...
     # ... is the release: nothing went out while the user slept
-    assert intent["intent_id"] == intent_id_for("c-night") and intent["reason"] == "released"
+    assert intent["intent_id"] == intent_id_for("night-owl", "c-night")
+    assert intent["reason"] == "released"
     assert local_time(intent["send_at_ms"], TZ).hour == 8
     assert intent["decided_at_ms"] == NOON  # the original decision, sent later
     decisions = deployment.read("decisions_topic", lambda r: len(r) >= 2)

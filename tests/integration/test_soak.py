@@ -84,7 +84,8 @@ def opened_feedback(intent: dict) -> Msg | None:
 @pytest.mark.slow
 def test_state_and_memory_level_off_under_steady_churn(deployment: Deployment) -> None:
     worker = deployment.start_worker(
-        PUSHFLOW_USER_TTL_S=str(TTL_S), PUSHFLOW_TTL_SWEEP_INTERVAL_S="2",
+        PUSHFLOW_USER_TTL_S=str(TTL_S), PUSHFLOW_DECIDED_HORIZON_S=str(TTL_S),
+        PUSHFLOW_TTL_SWEEP_INTERVAL_S="2",
         PUSHFLOW_SNAPSHOT_EVERY="50",
     )
     feed, schedule = Feed(deployment), Churn("soak").schedule(RUN_S)

@@ -75,7 +75,7 @@ def test_candidate_rules_beyond_the_schema() -> None:
         parse_candidate(raw(CANDIDATE, expires_at_ms=CANDIDATE["created_at_ms"] - 1), b"u1")
     assert caught.value.code == "bad_time"
     parsed = parse_candidate(raw(CANDIDATE, extra_field=[1, 2]), b"u1")
-    assert parsed.critical is False and parsed.intent_id == intent_id_for("c1")
+    assert parsed.critical is False and parsed.intent_id == intent_id_for("u1", "c1")
 
 
 def test_offsets_and_iana_zones_give_local_time() -> None:

@@ -33,7 +33,9 @@ def test_the_full_policy_gets_more_opens_per_push_than_sending_everything(
 def test_the_full_policy_gets_most_of_the_oracles_opens_at_equal_volume(
     quick: dict[str, Any],
 ) -> None:
-    assert quick["full"]["oracle_share"] >= 0.8
+    # One draw of the simulated outcomes (seeded by intent id): over seeds 1-7 of --quick the
+    # share ranged 0.78-0.87, and random gets about 0.47
+    assert quick["full"]["oracle_share"] >= 0.75
     assert quick["full"]["opens"] > quick["random"]["opens"]
     assert quick["full"]["opens"] > quick["fixed-threshold"]["opens"]
     assert quick["oracle-sto"]["opens"] > quick["oracle"]["opens"] > quick["random"]["opens"]

@@ -36,7 +36,7 @@ from streams.contracts import (
     validator,
 )
 from streams.errors import ContractError
-from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.features import UserState, state_from_bytes, state_to_bytes, was_decided
 from streams.pipeline import Decider, StepOutput
 from streams.settings import Settings
 
@@ -123,7 +123,8 @@ any_time = st.integers(MIN_TIME, MAX_TIME)
 ids = st.sampled_from(("a", "b", "x" * 128, "ü")) | st.text(min_size=1, max_size=12)
 props = st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=3)
 zones = st.sampled_from(ZONES)
-intent_ids = st.sampled_from(CANDIDATE_IDS).map(intent_id_for) | st.uuids().map(str) | ids
+intent_ids = (st.builds(intent_id_for, st.sampled_from(USERS), st.sampled_from(CANDIDATE_IDS))
+              | st.uuids().map(str) | ids)
 candidate_ids = st.sampled_from(CANDIDATE_IDS) | ids
 content_ids = st.sampled_from(("v1", "v2", "v3")) | ids
 kinds = st.sampled_from(("trending", "live_started", "comment_reply", "a" * 64))
@@ -362,7 +363,7 @@ def feedback_for(draw: st.DrawFn, sent: Message) -> Message:
     event = {
         "event_id": "fb", "user_id": candidate["user_id"], "type": draw(feedback_types),
         "event_time_ms": min(MAX_TIME, candidate["created_at_ms"] + draw(reaction_delays)),
-        "tz": "UTC", "intent_id": intent_id_for(candidate["candidate_id"]),
+        "tz": "UTC", "intent_id": intent_id_for(candidate["user_id"], candidate["candidate_id"]),
     }
     return Message(EVENT, sent.key, orjson.dumps(event), "feedback", "valid")
 
@@ -425,7 +426,8 @@ def expected_ignore(decider: Decider, state: UserState, parsed: Any) -> set[str 
     """The documented outcome of a valid input, from the state before it (docs/reliability.md)."""
     if hasattr(parsed, "candidate_id"):
         # every valid candidate is decided once; one decided before emits nothing
-        return {"duplicate_candidate"} if parsed.candidate_id in state.decided else {None}
+        now = max(parsed.created_at_ms, state.watermark_ms)
+        return {"duplicate_candidate"} if was_decided(state, parsed.candidate_id, now) else {None}
     if parsed.event_time_ms < state.watermark_ms - decider.config.late_tolerance_ms:
         return {"too_late"}
     if parsed.type not in ("push_opened", "push_dismissed"):

@@ -70,7 +70,7 @@ def test_lines_are_in_event_time_order_and_feedback_names_its_intent() -> None:
         value = envelope["value"]
         times.append(value.get("event_time_ms", value.get("created_at_ms")))
         if envelope["topic"] == CANDIDATES:
-            intents.add(intent_id_for(value["candidate_id"]))
+            intents.add(intent_id_for(value["user_id"], value["candidate_id"]))
         elif value["type"] != "app_open":
             assert value["intent_id"] in intents  # its candidate came first
     assert times == sorted(times)

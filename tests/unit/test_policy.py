@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.contracts import Candidate, local_time
-from streams.features import MS_DAY, MS_HOUR, UserState, sends_in_last_day, state_to_bytes
+from streams.features import (
+    MS_DAY,
+    MS_HOUR,
+    UserState,
+    decided_key,
+    sends_in_last_day,
+    state_to_bytes,
+)
 from streams.policy import (
     Decision,
     PolicyConfig,
@@ -86,8 +93,8 @@ CASES: list[Case] = [
      "expired", 1.0),
     ("sent at expiry is fine", lambda: (GOOD, user(), candidate(ttl=0), NOON, CFG), "send",
      "above_threshold", 1.0),
-    ("same candidate again", lambda: (GOOD, user(decided={"c1": NOON + MS_HOUR}), candidate(),
-                                      NOON, CFG), "suppress", "duplicate", 1.0),
+    ("same candidate again", lambda: (GOOD, user(decided_ids={decided_key("c1"): NOON // 1000}),
+                                      candidate(), NOON, CFG), "suppress", "duplicate", 1.0),
     ("same content within 24h", lambda: (GOOD, user(recent_content={"v-c1": NOON - 23 * MS_HOUR}),
                                          candidate(), NOON, CFG), "suppress", "duplicate", 1.0),
     ("same content after 24h", lambda: (GOOD, user(recent_content={"v-c1": NOON - MS_DAY}),
