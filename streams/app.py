@@ -26,19 +26,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from streams.config import decider_config, fresh_model
 from streams.contracts import (
+    DEAD_LETTER_RESERVE,
     ContractError,
     dead_letter,
+    dead_letter_key,
     encode,
     parse_candidate,
     parse_tick,
     parse_user_event,
 )
 from streams.coordination import keep_member_id_on_illegal_generation
-from streams.errors import ProcessingError
+from streams.errors import OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
 from streams.pipeline import Decider, StepOutput
-from streams.producer import OutputProducer
+from streams.producer import OutputProducer, Record
 from streams.redelivery import Output, already_applied, forget_committed, remember, stored
 from streams.settings import Settings
 from streams.snapshots import ModelHolder
@@ -190,13 +192,30 @@ class PushflowWorker:
         """The producer of everything the decision agent writes (created on first use)."""
         config = {**producer_config(self.settings), "acks": "all", "linger.ms": 5,
                   "message.timeout.ms": 30_000, "queue.buffering.max.messages": 1_000_000,
-                  "message.max.bytes": max(1_048_576, 4 * self.settings.max_message_bytes)}
+                  "message.max.bytes": self.settings.producer_max_bytes}
 
         def failed(error: Any) -> None:
             self.metrics.producer_errors.inc()
             log.error("send failed: %s", error)
 
-        return OutputProducer(config, failed)
+        return OutputProducer(config, failed, self._refused_as_too_large)
+
+    def _refused_as_too_large(self, record: Record, reason: str) -> Record | None:
+        """A dead letter in place of a record refused as too large, half its size (so a
+        broker limit below ``max_output_bytes`` ends in a dead letter that fits); None once
+        even a dead letter without payload is refused."""
+        topic, key, value, partition = record
+        size = len(key or b"") + len(value or b"")
+        dead_letters = self.topic_names["dead_letters_topic"]
+        if topic == dead_letters and size <= DEAD_LETTER_RESERVE:
+            return None
+        error = OutputTooLarge(f"a record of {size} bytes for {topic} was refused: {reason}")
+        letter = dead_letter(raw=value, key=key, source_topic=topic, partition=partition,
+                             offset=None, error=error, failed_at_ms=int(time.time() * 1000),
+                             max_bytes=min(self.settings.max_output_bytes, size // 2))
+        self.metrics.dead_letters.labels(topic=topic, error_code=error.code).inc()
+        log.error("%s: written as a dead letter", error)
+        return dead_letters, dead_letter_key(key), encode(letter), None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -220,7 +239,7 @@ class PushflowWorker:
             datadir=s.data_dir,
             autodiscover=False,
             producer_acks=-1,
-            producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
+            producer_max_request_size=s.producer_max_bytes,
         )
 
     def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:
@@ -561,8 +580,9 @@ class PushflowWorker:
             offset=message.offset,
             error=error,
             failed_at_ms=int(time.time() * 1000),
+            max_bytes=self.settings.max_output_bytes,
         )
-        batch.outputs.append(("dead_letters_topic", message.key, record))
+        batch.outputs.append(("dead_letters_topic", dead_letter_key(message.key), record))
         self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
         self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
         log.debug(
