@@ -698,9 +698,15 @@ class PushflowWorker:
 
     async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
         """Every labeled example, once, to the trainer (:mod:`streams.training`); it is
-        acknowledged as soon as it is learned."""
+        acknowledged as soon as it is learned. Anything else on the topic is dead-lettered
+        (its dead letter is written with the open batch, before the next commit)."""
+        limit = self.settings.max_output_bytes  # the largest example the worker could write
         async for event in stream.events():
-            await self.trainer.on_example(event.message.offset, event.value)
+            message = event.message
+            try:
+                await self.trainer.on_example(message.offset, message.value or b"", limit)
+            except ContractError as exc:  # not an example the worker wrote: never learned
+                self._dead_letter(message, exc, self.batch)
             yield None
 
     async def _publish(self, snapshot: bytes) -> None:

@@ -156,6 +156,22 @@ def parse_tick(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     return int(obj["now_ms"])
 
 
+def parse_training_example(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Bytes from ``training-examples`` -> the example as a dict, or a ContractError.
+
+    The worker writes this topic itself, but anyone who can write to it would otherwise
+    teach the model: it is checked like an input (schema, size; feature values bounded).
+
+    >>> parse_training_example(b'[{"label": 1}]')
+    Traceback (most recent call last):
+    ...
+    streams.errors.NotAnObject: expected a JSON object, got list
+    """
+    obj = _load_object(raw, max_bytes)
+    _validate("training-example", obj)
+    return obj
+
+
 def parse_user_event(
     raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
 ) -> UserEvent:
