@@ -52,6 +52,10 @@ STATE_CODEC = "pushflow-user-state"
 REWIND_WAIT_S = 10.0  # how long a commit waits for skipped inputs to be read again
 REWIND_RESEEK_S = 0.5  # how long a seek back has to take effect before it is repeated
 EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agent's inputs
+# How far a tick may lead its partition's event time: the worker writes ticks from that very
+# event time, so only a tick it did not write leads it; one minute absorbs a state write that
+# a crash lost after its tick was acknowledged.
+TICK_LEAD_MS = 60_000
 OUTPUT_TOPICS = ("decisions_topic", "intents_topic", "training_topic", "dead_letters_topic",
                  "ticks_topic")
 
@@ -481,6 +485,9 @@ class PushflowWorker:
         except ContractError as exc:
             self._dead_letter(message, exc, batch)
             return
+        if self._tick_ahead(partition, now_ms):
+            self._count_input(message.topic, "tick_ahead")
+            return
         for key in list(self.due[partition]):
             state = batch.states.get(key) or self.table.data.get(key)
             if state is None or state.partition != partition:
@@ -496,6 +503,22 @@ class PushflowWorker:
                     batch.add(key, outputs)
                 elif not (state.pending or state.outbox):
                     self.due[partition].discard(key)  # its stored tick outputs went out
+
+    def _tick_ahead(self, partition: int, now_ms: int) -> bool:
+        """Whether a tick would move event time further than the partition's inputs took it
+        (plus TICK_LEAD_MS): one written by anyone else, say for 2100, must not expire every
+        label and held push of the partition. It moves nothing and is counted (ignored,
+        ``tick_ahead``) and logged, not dead-lettered: a tick the worker wrote itself can
+        lead for a moment after a crash lost the state write it came from, until the input
+        is read again."""
+        if not self.due_built and self._recovered():
+            self._rebuild_due_index()  # the watermarks of partitions assigned since
+        limit = self.watermarks.get(partition)
+        if limit is not None and now_ms <= limit + TICK_LEAD_MS:
+            return False
+        log.warning("passed over a tick to %d on partition %d: its inputs reached %s",
+                    now_ms, partition, "no event time yet" if limit is None else limit)
+        return True
 
     def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch) -> None:
         """An input read again that this user's state already holds (a crash came between
