@@ -26,19 +26,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from streams.config import decider_config, fresh_model
 from streams.contracts import (
+    DEAD_LETTER_RESERVE,
     ContractError,
     dead_letter,
+    dead_letter_key,
     encode,
     parse_candidate,
     parse_tick,
     parse_user_event,
 )
 from streams.coordination import keep_member_id_on_illegal_generation
-from streams.errors import ConfigError, ProcessingError
+from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.metrics import Metrics
 from streams.pipeline import Decider, StepOutput
-from streams.producer import OutputProducer
+from streams.producer import OutputProducer, Record
 from streams.redelivery import Output, already_applied, forget_committed, remember, stored
 from streams.settings import Settings
 from streams.snapshots import ModelHolder
@@ -51,6 +53,10 @@ STATE_CODEC = "pushflow-user-state"
 REWIND_WAIT_S = 10.0  # how long a commit waits for skipped inputs to be read again
 REWIND_RESEEK_S = 0.5  # how long a seek back has to take effect before it is repeated
 EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agent's inputs
+# How far a tick may lead its partition's event time: the worker writes ticks from that very
+# event time, so only a tick it did not write leads it; one minute absorbs a state write that
+# a crash lost after its tick was acknowledged.
+TICK_LEAD_MS = 60_000
 OUTPUT_TOPICS = ("decisions_topic", "intents_topic", "training_topic", "dead_letters_topic",
                  "ticks_topic")
 
@@ -215,13 +221,30 @@ class PushflowWorker:
         """The producer of everything the decision agent writes (created on first use)."""
         config = {**producer_config(self.settings), "acks": "all", "linger.ms": 5,
                   "message.timeout.ms": 30_000, "queue.buffering.max.messages": 1_000_000,
-                  "message.max.bytes": max(1_048_576, 4 * self.settings.max_message_bytes)}
+                  "message.max.bytes": self.settings.producer_max_bytes}
 
         def failed(error: Any) -> None:
             self.metrics.producer_errors.inc()
             log.error("send failed: %s", error)
 
-        return OutputProducer(config, failed)
+        return OutputProducer(config, failed, self._refused_as_too_large)
+
+    def _refused_as_too_large(self, record: Record, reason: str) -> Record | None:
+        """A dead letter in place of a record refused as too large, half its size (so a
+        broker limit below ``max_output_bytes`` ends in a dead letter that fits); None once
+        even a dead letter without payload is refused."""
+        topic, key, value, partition = record
+        size = len(key or b"") + len(value or b"")
+        dead_letters = self.topic_names["dead_letters_topic"]
+        if topic == dead_letters and size <= DEAD_LETTER_RESERVE:
+            return None
+        error = OutputTooLarge(f"a record of {size} bytes for {topic} was refused: {reason}")
+        letter = dead_letter(raw=value, key=key, source_topic=topic, partition=partition,
+                             offset=None, error=error, failed_at_ms=int(time.time() * 1000),
+                             max_bytes=min(self.settings.max_output_bytes, size // 2))
+        self.metrics.dead_letters.labels(topic=topic, error_code=error.code).inc()
+        log.error("%s: written as a dead letter", error)
+        return dead_letters, dead_letter_key(key), encode(letter), None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class PushflowWorker:
             datadir=s.data_dir,
             autodiscover=False,
             producer_acks=-1,
-            producer_max_request_size=max(1_048_576, 4 * s.max_message_bytes),
+            producer_max_request_size=s.producer_max_bytes,
         )
 
     def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:
@@ -493,6 +516,9 @@ class PushflowWorker:
         except ContractError as exc:
             self._dead_letter(message, exc, batch)
             return
+        if self._tick_ahead(partition, now_ms):
+            self._count_input(message.topic, "tick_ahead")
+            return
         for key in list(self.due[partition]):
             state = batch.states.get(key) or self.table.data.get(key)
             if state is None or state.partition != partition:
@@ -508,6 +534,22 @@ class PushflowWorker:
                     batch.add(key, outputs)
                 elif not (state.pending or state.outbox):
                     self.due[partition].discard(key)  # its stored tick outputs went out
+
+    def _tick_ahead(self, partition: int, now_ms: int) -> bool:
+        """Whether a tick would move event time further than the partition's inputs took it
+        (plus TICK_LEAD_MS): one written by anyone else, say for 2100, must not expire every
+        label and held push of the partition. It moves nothing and is counted (ignored,
+        ``tick_ahead``) and logged, not dead-lettered: a tick the worker wrote itself can
+        lead for a moment after a crash lost the state write it came from, until the input
+        is read again."""
+        if not self.due_built and self._recovered():
+            self._rebuild_due_index()  # the watermarks of partitions assigned since
+        limit = self.watermarks.get(partition)
+        if limit is not None and now_ms <= limit + TICK_LEAD_MS:
+            return False
+        log.warning("passed over a tick to %d on partition %d: its inputs reached %s",
+                    now_ms, partition, "no event time yet" if limit is None else limit)
+        return True
 
     def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch) -> None:
         """An input read again that this user's state already holds (a crash came between
@@ -592,8 +634,9 @@ class PushflowWorker:
             offset=message.offset,
             error=error,
             failed_at_ms=int(time.time() * 1000),
+            max_bytes=self.settings.max_output_bytes,
         )
-        batch.outputs.append(("dead_letters_topic", message.key, record))
+        batch.outputs.append(("dead_letters_topic", dead_letter_key(message.key), record))
         self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
         self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
         log.debug(
@@ -709,9 +752,15 @@ class PushflowWorker:
 
     async def _train_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
         """Every labeled example, once, to the trainer (:mod:`streams.training`); it is
-        acknowledged as soon as it is learned."""
+        acknowledged as soon as it is learned. Anything else on the topic is dead-lettered
+        (its dead letter is written with the open batch, before the next commit)."""
+        limit = self.settings.max_output_bytes  # the largest example the worker could write
         async for event in stream.events():
-            await self.trainer.on_example(event.message.offset, event.value)
+            message = event.message
+            try:
+                await self.trainer.on_example(message.offset, message.value or b"", limit)
+            except ContractError as exc:  # not an example the worker wrote: never learned
+                self._dead_letter(message, exc, self.batch)
             yield None
 
     async def _publish(self, snapshot: bytes) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -164,6 +165,22 @@ def parse_tick(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     return int(obj["now_ms"])
 
 
+def parse_training_example(raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Bytes from ``training-examples`` -> the example as a dict, or a ContractError.
+
+    The worker writes this topic itself, but anyone who can write to it would otherwise
+    teach the model: it is checked like an input (schema, size; feature values bounded).
+
+    >>> parse_training_example(b'[{"label": 1}]')
+    Traceback (most recent call last):
+    ...
+    streams.errors.NotAnObject: expected a JSON object, got list
+    """
+    obj = _load_object(raw, max_bytes)
+    _validate("training-example", obj)
+    return obj
+
+
 def parse_user_event(
     raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
 ) -> UserEvent:
@@ -261,24 +278,84 @@ def encode(message: Any) -> bytes:
     return orjson.dumps(message)
 
 
+# A dead letter's fields other than the raw bytes take at most this much: error (1000
+# characters, 6 bytes each when JSON-escaped), preview (256 such), topic name, two hashes,
+# sizes and field names come to under 9 KiB; the rest is headroom.
+DEAD_LETTER_RESERVE = 16_384
+DEAD_LETTER_KEY_BYTES = 1024  # a longer source key is cut to this for the record's own key
+ORDINARY_KEY_BYTES = 1024  # keys up to this size are kept whole in a whole dead letter
+
+
+def _b64_len(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def whole_dead_letter_bytes(payload_bytes: int) -> int:
+    """The most a dead letter (its key and value) takes when it keeps a payload of
+    ``payload_bytes`` and a key of up to ``ORDINARY_KEY_BYTES`` whole.
+
+    >>> whole_dead_letter_bytes(65536)
+    106164
+    """
+    raw = payload_bytes + ORDINARY_KEY_BYTES
+    return DEAD_LETTER_RESERVE + ORDINARY_KEY_BYTES + 8 + _b64_len(raw)
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead letter's own Kafka key: the source key, cut when it is oversized (its
+    record carries its size and hash)."""
+    return None if key is None else key[:DEAD_LETTER_KEY_BYTES]
+
+
+def _kept(payload: int, key: int, budget: int) -> tuple[int, int]:
+    """Bytes of payload and key kept within ``budget`` raw bytes: each gets half, and what
+    one does not need goes to the other."""
+    keep_key = min(key, max(budget // 2, budget - payload))
+    return min(payload, budget - keep_key), keep_key
+
+
 def dead_letter(
     *,
     raw: bytes | None,
     key: bytes | None,
     source_topic: str,
-    partition: int,
-    offset: int,
+    partition: int | None,
+    offset: int | None,
     error: ContractError,
     failed_at_ms: int,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """The dead-letter record for bytes that could not be used; nothing is dropped silently."""
+    """The dead-letter record for bytes that could not be used; nothing is dropped silently.
+
+    With ``max_bytes``, the record and its key (:func:`dead_letter_key`) together take at
+    most that many bytes once encoded: a payload or key that would not fit is cut, and the
+    record keeps its size and sha256 so it can still be told apart and matched.
+
+    >>> record = dead_letter(raw=b"x" * 100_000, key=b"u1", source_topic="user-events",
+    ...                      partition=0, offset=7, error=PayloadTooLarge("too big"),
+    ...                      failed_at_ms=1767225600000, max_bytes=50_000)
+    >>> record["payload_truncated"], record["payload_size"], len(encode(record)) <= 50_000
+    (True, 100000, True)
+    """
     raw = raw or b""
+    budget = len(raw) + (len(key) if key else 0)
+    if max_bytes is not None:
+        own_key = len(dead_letter_key(key) or b"")
+        room = max(0, max_bytes - DEAD_LETTER_RESERVE - own_key - 8)  # 8: two b64 paddings
+        budget = room // 4 * 3
+    keep_raw, keep_key = _kept(len(raw), len(key) if key else 0, budget)
     return {
         "source_topic": source_topic,
         "partition": partition,
         "offset": offset,
-        "key_b64": None if key is None else base64.b64encode(key).decode(),
-        "payload_b64": base64.b64encode(raw).decode(),
+        "key_b64": None if key is None else base64.b64encode(key[:keep_key]).decode(),
+        "key_size": None if key is None else len(key),
+        "key_sha256": None if key is None else hashlib.sha256(key).hexdigest(),
+        "key_truncated": key is not None and keep_key < len(key),
+        "payload_b64": base64.b64encode(raw[:keep_raw]).decode(),
+        "payload_size": len(raw),
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "payload_truncated": keep_raw < len(raw),
         "payload_preview": raw[:1024].decode("utf-8", "replace")[:256],
         "error_code": error.code,
         "error": str(error)[:1000],

@@ -11,7 +11,8 @@
     │   ├── UnknownTimeZone
     │   ├── BadTime
     │   ├── KeyMismatch
-    │   └── ProcessingError    a bug met while processing one valid message
+    │   ├── ProcessingError    a bug met while processing one valid message
+    │   └── OutputTooLarge     the broker refused a record the worker wrote as too large
     ├── SnapshotError          a model snapshot cannot be used (refused, counted by reason)
     │   ├── IncompatibleSnapshot
     │   ├── SnapshotTooLarge
@@ -87,6 +88,14 @@ class ProcessingError(ContractError):
     dead-lettered so the partition keeps moving."""
 
     code = "processing_error"
+
+
+class OutputTooLarge(ContractError):
+    """A record the worker wrote was refused as too large (a broker or topic limit below
+    ``max_output_bytes``): it is dead-lettered in its place, cut to fit, rather than sent
+    again for ever."""
+
+    code = "output_too_large"
 
 
 class SnapshotError(PushflowError):

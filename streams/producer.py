@@ -7,7 +7,9 @@ acknowledge a batch's input offsets, so an offset is never committed ahead of wh
 
 A record the broker refused or that timed out is handed over again by the next flush (and
 counted, and logged once per flush): a stalled broker stalls the agent, which stops reading,
-so memory stays bounded and nothing is dropped.
+so memory stays bounded and nothing is dropped. A record refused as too large (by the client's
+own limit or the broker's) would be refused again for ever: it is handed to ``on_too_large``
+instead, which returns a smaller record to send in its place (a dead letter) or None.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
 POLL_S = 0.002  # how often a flush looks at delivery reports (the event loop stays free)
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 class OutputProducer:
@@ -34,24 +37,46 @@ class OutputProducer:
         librdkafka configuration (broker, security, batching).
     on_error
         Called once per failed delivery with the error (e.g. to count it).
+    on_too_large
+        Called with a record refused as too large and the reason; returns the record to send
+        instead (it must be smaller, so this ends), or None to drop it (logged as an error).
     """
 
-    def __init__(self, config: dict[str, Any], on_error: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_error: Callable[[Any], None],
+        on_too_large: Callable[[Record, str], Record | None] | None = None,
+    ) -> None:
         self._producer = Producer(config)
         self._on_error = on_error
+        self._on_too_large = on_too_large
         self._failed: list[Record] = []
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
     ) -> None:
         """Hand one record over; ``partition=None`` partitions by key (murmur2)."""
-        record = (topic, key, value, partition)
-        while True:
+        record: Record | None = (topic, key, value, partition)
+        while record is not None:
             try:
                 self._send(record)
                 return
             except BufferError:  # librdkafka's queue is full: let it drain
                 self._producer.poll(0.005)
+            except KafkaException as exc:  # over message.max.bytes: refused before sending
+                if exc.args[0].code() not in TOO_LARGE:
+                    raise
+                record = self._too_large(record, exc.args[0])
+
+    def _too_large(self, record: Record, error: Any) -> Record | None:
+        self._on_error(error)
+        replacement = None if self._on_too_large is None else self._on_too_large(record, str(error))
+        if replacement is None:
+            topic, key, value, _ = record
+            log.error("dropped a record of %d bytes for %s refused as too large: %s",
+                      len(key or b"") + len(value or b""), topic, error)
+        return replacement
 
     def _send(self, record: Record) -> None:
         topic, key, value, partition = record
@@ -65,9 +90,15 @@ class OutputProducer:
 
     def _reporter(self, record: Record) -> Callable[[Any, Any], None]:
         def delivered(error: Any, message: Any) -> None:
-            if error is not None:
-                self._failed.append(record)
-                self._on_error(error)
+            if error is None:
+                return
+            if error.code() in TOO_LARGE:  # the broker's limit: it would refuse it again
+                replacement = self._too_large(record, error)
+                if replacement is not None:
+                    self._failed.append(replacement)
+                return
+            self._failed.append(record)
+            self._on_error(error)
 
         return delivered
 

@@ -18,12 +18,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from streams.contracts import whole_dead_letter_bytes
 from streams.errors import ConfigError
 
 ENV_PREFIX = "PUSHFLOW_"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# What a producer request needs around one record besides its key and value (batch and record
+# headers, a few varints): the producers' limits are the largest output plus this.
+RECORD_FRAMING_BYTES = 1024
+MAX_PRODUCER_BYTES = 1_000_000_000  # librdkafka's ceiling for message.max.bytes
 
 
 class Secret:
@@ -94,6 +99,9 @@ class Settings:
     max_message_bytes: int = 65536
     late_tolerance_s: int = 7 * 24 * 3600
     max_future_s: int = 24 * 3600
+    # the largest record (key + value) the worker writes: at most what the broker accepts
+    # (Kafka's default message.max.bytes is 1048588); bigger dead letters are cut to fit
+    max_output_bytes: int = 1_000_000
     # --- model and learning
     threshold: float = 0.08
     attribution_window_s: int = 3600
@@ -165,6 +173,7 @@ class Settings:
             # an idle user's state, and the ids it remembers, is deleted after user_ttl_s
             raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "
                               f"{self.user_ttl_s}], not {self.decided_horizon_s!r}")
+        self._check_output_limits()
         if self.broker is not None and not self.broker.startswith("kafka://"):
             raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
 
@@ -181,6 +190,28 @@ class Settings:
         if self.ssl_certfile and "SSL" not in self.security_protocol:
             raise ConfigError(f"a client certificate is sent only over TLS: set "
                               f"security_protocol SSL or SASL_SSL, not {self.security_protocol}")
+
+    def _check_output_limits(self) -> None:
+        """Every input within ``max_message_bytes`` must fit whole in its dead letter, and
+        the largest output must be sendable: else a valid setting would crash at run time."""
+        self._check_range("max_message_bytes", 1, MAX_PRODUCER_BYTES)
+        self._check_range("max_output_bytes", 1, MAX_PRODUCER_BYTES - RECORD_FRAMING_BYTES)
+        needed = whole_dead_letter_bytes(self.max_message_bytes)
+        if needed > self.max_output_bytes:
+            raise ConfigError(
+                f"max_message_bytes={self.max_message_bytes} needs outputs of up to {needed} "
+                f"bytes (its dead letter holds the input in base64), more than "
+                f"max_output_bytes={self.max_output_bytes}: lower the one or raise the other")
+
+    @property
+    def producer_max_bytes(self) -> int:
+        """The producers' request limit (librdkafka ``message.max.bytes``, Faust's
+        ``producer_max_request_size``): the largest output and its framing.
+
+        >>> Settings().producer_max_bytes
+        1001024
+        """
+        return self.max_output_bytes + RECORD_FRAMING_BYTES
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:

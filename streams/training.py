@@ -19,8 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
+from streams.contracts import DEFAULT_MAX_BYTES, parse_training_example
 from streams.evaluation import Prequential
 from streams.metrics import Metrics
 from streams.model import PushModel
@@ -78,11 +77,12 @@ class Trainer:
         self.model = None
         log.info("training moved to another worker")
 
-    async def on_example(self, offset: int, raw: bytes) -> None:
-        """One record of the training topic at ``offset``."""
+    async def on_example(self, offset: int, raw: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        """One record of the training topic at ``offset``; a ContractError if it is not a
+        valid training example (it is passed over, and learning goes on with the next)."""
         if offset >= self.training_offset:
-            self.learn(orjson.loads(raw))
             self.training_offset = offset + 1
+            self.learn(parse_training_example(raw, max_bytes))
         if self.unpublished >= self.snapshot_every:
             await self.publish_snapshot()
 
