@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from streams.logs import client_logging
+
 log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
@@ -37,7 +39,7 @@ class OutputProducer:
     """
 
     def __init__(self, config: dict[str, Any], on_error: Callable[[Any], None]) -> None:
-        self._producer = Producer(config)
+        self._producer = Producer(client_logging(config))
         self._on_error = on_error
         self._failed: list[Record] = []
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.errors import SnapshotError
+from streams.logs import client_logging
 from streams.model import PushModel, snapshot_header
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,13 @@ class SnapshotFollower:
         on_swap: Callable[[int], None] | None = None,
     ) -> None:
         self._consumer = Consumer(
-            {
+            client_logging({
                 **client_config,
                 "group.id": "pushflow-snapshot-follower",  # never commits; assign() only
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "fetch.message.max.bytes": 64 * 1024 * 1024,
-            }
+            })
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         self._holder = holder
