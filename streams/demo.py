@@ -175,7 +175,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             settings = settings.replace(broker=broker.url)
             log.info("embedded %s broker at %s", broker.kind, broker.url)
         ensure_topics(settings.bootstrap_servers, topic_specs(settings),
-                      client_config=settings.confluent_config(), timeout=60)
+                      client_config=settings.confluent_config(),
+                      timeout=settings.startup_timeout_s)
         worker = WorkerProcess(settings, workdir, env=_demo_env(settings))
         stack.callback(worker.stop)
         worker.wait_ready()

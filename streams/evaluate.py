@@ -406,7 +406,7 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
             "measure (the difference must exceed one hour)", param_hint="'--warmup-days'")
     names = policies_to_run(policies or POLICIES)
     started = time.monotonic()
-    with progress.bar(len(names) * options.days * 24, "evaluate", "sim h") as bar:
+    with progress.bar(round(len(names) * options.days * 24), "evaluate", "sim h") as bar:
         report = evaluate(options, names, bar.update)
     progress.done(f"evaluate: {len(names)} policies, {options.users} users, "
                   f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s")

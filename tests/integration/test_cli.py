@@ -73,6 +73,7 @@ def closed_port() -> int:
 
 BROKER_COMMANDS = {
     "worker": ["worker", "--startup-timeout-s", str(TIMEOUT_S)],
+    "demo": ["demo", "--startup-timeout-s", str(TIMEOUT_S)],
     "simulate": ["simulate", "--startup-timeout-s", str(TIMEOUT_S)],
     "topics create": ["topics", "create", "--timeout", str(TIMEOUT_S)],
 }

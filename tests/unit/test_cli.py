@@ -44,7 +44,7 @@ SETTING_FLAGS = {
                "--log-level"},
     "simulate": {"--broker", "--startup-timeout-s", "--log-format", "--log-level"},
     "topics create": {"--broker", "--partitions", "--log-format", "--log-level"},
-    "demo": {"--broker", "--log-format", "--log-level"},
+    "demo": {"--broker", "--startup-timeout-s", "--log-format", "--log-level"},
     "replay": {"--threshold", "--daily-cap", "--min-gap-s", "--quiet-start-hour",
                "--quiet-end-hour", "--holdout-share", "--explore-share", "--disable-weight",
                "--attribution-window-s", "--learning-rate", "--seed", "--tick-interval-s"},

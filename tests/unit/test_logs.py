@@ -233,3 +233,16 @@ def test_librdkafka_speaks_through_python_logging_as_json_rate_limited(
     lines = json_lines(err)
     assert [line["logger"] for line in lines] == ["librdkafka"], err
     assert "Connection refused" in str(lines[0]["message"]) and lines[0]["level"] == "error"
+
+
+def test_configured_logging_holds_back_a_flood_from_any_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiokafka logs through Python logging already; a dead broker makes it repeat itself."""
+    configure_logging("info", "json")
+    chatty = logging.getLogger("aiokafka")
+    for n in range(200):
+        chatty.error("Unable connect to node with id %d: [Errno 111] Connect call failed", n)
+    logging.getLogger("pushflow").info("worker ready")
+    lines = json_lines(capsys.readouterr().err)
+    assert [line["logger"] for line in lines] == ["aiokafka", "pushflow"]
