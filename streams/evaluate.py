@@ -404,6 +404,7 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
         raise click.BadParameter(
             f"{options.warmup_days:g} warm-up days leave nothing of {options.days:g} days to "
             "measure (the difference must exceed one hour)", param_hint="'--warmup-days'")
+    progress.check_writable(report_json, "--report-json")
     names = policies_to_run(policies or POLICIES)
     started = time.monotonic()
     with progress.bar(round(len(names) * options.days * 24), "evaluate", "sim h") as bar:

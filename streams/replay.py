@@ -56,7 +56,7 @@ from streams.flags import setting_flags
 from streams.model import PushModel
 from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
-from streams.progress import bar, done
+from streams.progress import bar, check_writable, done
 
 EVENTS, CANDIDATES = "user-events", "notification-candidates"
 SEND, SUPPRESS, HOLD = "send", "suppress", "hold"
@@ -516,6 +516,7 @@ def replay_command(file: str, report_json: Path | None, snapshot_every: int,
         config = with_policy_overrides(decider_config(settings), policy_overrides)
     except (PushflowError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    check_writable(report_json, "--report-json")
     options = ReplayOptions(int(settings.tick_interval_s * 1000), settings.max_message_bytes,
                             snapshot_every, window, baseline_share, settings.user_ttl_s * 1000)
     started = time.monotonic()

@@ -145,6 +145,14 @@ def test_replay_of_a_file_that_is_not_a_log_fails(tmp_path: Path) -> None:
     assert "none of its 3 lines is a pushflow message" in said and "docs/replay.md" in said
 
 
+@pytest.mark.parametrize("command", [["evaluate", "--quick"], ["replay", "-"]], ids=" ".join)
+def test_a_report_that_cannot_be_written_fails_before_the_run(
+    command: list[str], tmp_path: Path
+) -> None:
+    done, _ = run(*command, "--report-json", str(tmp_path / "missing" / "report.json"))
+    assert "not a writable directory" in assert_clean_failure(done, 2)
+
+
 def test_replay_of_a_missing_file_is_one_usage_line(tmp_path: Path) -> None:
     done, _ = run("replay", str(tmp_path / "missing.jsonl"))
     assert "does not exist" in assert_clean_failure(done, 2)
