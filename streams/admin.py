@@ -15,6 +15,8 @@ Examples
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from streams.errors import BrokerError
+from streams.logs import client_logging
 
 __all__ = [
     "BrokerUnavailableError",
@@ -32,6 +35,7 @@ __all__ = [
     "ensure_topics",
     "make_admin_client",
     "wait_for_broker",
+    "wait_for_names",
 ]
 
 #: Upper bound for a single metadata or create request, so that one slow request never
@@ -129,7 +133,7 @@ def make_admin_client(
     }
     config.update(client_config or {})
     config["bootstrap.servers"] = bootstrap
-    return AdminClient(config)
+    return AdminClient(client_logging(config))
 
 
 def _request_timeout(deadline: float) -> float:
@@ -145,9 +149,54 @@ def _list_topics_until(admin: AdminClient, deadline: float, what: str) -> Cluste
             return admin.list_topics(timeout=_request_timeout(deadline))
         except KafkaException as exc:
             last_error = exc
+        finally:
+            admin.poll(0)  # hands librdkafka's log lines to Python logging
         if time.monotonic() + _RETRY_PAUSE >= deadline:
-            raise BrokerUnavailableError(f"{what}: no metadata before the deadline: {last_error}")
+            raise BrokerUnavailableError(f"{what}: no answer before the deadline "
+                                         f"({_reason(last_error)})")
         time.sleep(_RETRY_PAUSE)
+
+
+def _reason(error: Exception | None) -> str:
+    kafka_error = error.args[0] if error is not None and error.args else None
+    return kafka_error.str() if isinstance(kafka_error, KafkaError) else str(error)
+
+
+def wait_for_names(bootstrap: str, deadline: float) -> None:
+    """Block until every host of ``bootstrap`` resolves, or raise BrokerUnavailableError.
+
+    librdkafka resolves on its own threads, and a lookup it started can hold up closing the
+    client well past any deadline; resolving here first keeps a wrong host name within the
+    deadline and names it in the error.
+    """
+    for server in bootstrap.split(","):
+        host = server.rpartition(":")[0].strip("[]")
+        error = _resolve_until(host, deadline)
+        if error is not None:
+            raise BrokerUnavailableError(f"broker host {host!r} does not resolve: {error}")
+
+
+def _resolve_until(host: str, deadline: float) -> str | None:
+    """None once ``host`` resolves; why it did not if the deadline passes first."""
+    while True:
+        outcome: list[str | None] = []
+        lookup = threading.Thread(target=_resolve, args=(host, outcome), daemon=True)
+        lookup.start()
+        lookup.join(max(0.0, deadline - time.monotonic()))
+        if outcome and outcome[0] is None:
+            return None
+        why = outcome[0] if outcome else "no answer from the resolver"
+        if time.monotonic() + _RETRY_PAUSE >= deadline:
+            return why
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic() - _RETRY_PAUSE)))
+
+
+def _resolve(host: str, outcome: list[str | None]) -> None:
+    try:
+        socket.getaddrinfo(host, None)
+        outcome.append(None)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        outcome.append(getattr(exc, "strerror", None) or str(exc))
 
 
 def wait_for_broker(
@@ -177,6 +226,7 @@ def wait_for_broker(
         If no metadata request succeeded before the deadline.
     """
     deadline = time.monotonic() + timeout
+    wait_for_names(bootstrap, deadline)
     admin = make_admin_client(bootstrap, client_config)
     return _list_topics_until(admin, deadline, f"broker {bootstrap}")
 
@@ -247,7 +297,8 @@ def ensure_topics(
         spec outright (invalid config, policy, authorization), or the topics are still
         not as requested when the deadline passes.
     BrokerUnavailableError
-        If the broker never answered a metadata request before the deadline.
+        If a broker host does not resolve, or the broker never answered a metadata
+        request, before the deadline.
     """
     for key, spec in topics.items():
         if key != spec.name:
@@ -256,13 +307,14 @@ def ensure_topics(
         return
 
     deadline = time.monotonic() + timeout
+    wait_for_names(bootstrap, deadline)
     admin = make_admin_client(bootstrap, client_config)
     specs = list(topics.values())
     problems: dict[str, str] = {}
     first_round = True
 
     while True:
-        metadata = _list_topics_until(admin, deadline, f"ensure_topics on {bootstrap}")
+        metadata = _list_topics_until(admin, deadline, f"broker {bootstrap}")
         problems = {}
         to_create: list[TopicSpec] = []
         for spec in specs:

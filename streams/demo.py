@@ -280,7 +280,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             broker_text = f"{broker.url} (embedded {broker.kind})"
             log.info("embedded %s broker at %s", broker.kind, broker.url)
         ensure_topics(settings.bootstrap_servers, topic_specs(settings),
-                      client_config=settings.confluent_config(), timeout=60)
+                      client_config=settings.confluent_config(),
+                      timeout=settings.startup_timeout_s)
         worker = WorkerProcess(settings, workdir, env=_demo_env(settings),
                                port=options.web_port, log_path=log_path)
         stack.callback(worker.stop)

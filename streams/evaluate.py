@@ -25,13 +25,15 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import os
+import queue
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +42,10 @@ from typing import Any
 import click
 import orjson
 
+from streams import progress
 from streams.config import decider_config
 from streams.contracts import Candidate, UserEvent
+from streams.errors import PushflowError
 from streams.evaluation import LearningCurve, Prequential
 from streams.features import UserState
 from streams.model import PushModel
@@ -54,6 +58,7 @@ POLICIES = ("send-everything", "random", "fixed-threshold", "full", "oracle", "o
 CHOICES = (*POLICIES, "full-volume")
 MATCHED = ("random", "oracle", "oracle-sto")  # steered to the full policy's volume
 TRUTH = ("oracle", "oracle-sto")
+HOUR_MS = 3_600_000
 START_MS = 1_772_582_400_000  # 2026-03-04T00:00Z: the run crosses the US change to DST
 _CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
 
@@ -175,11 +180,16 @@ class _Run:
         self.measure_from = options.start_ms + int(options.warmup_days * DAY_MS)
         self.measure_until = options.start_ms + int(options.days * DAY_MS) - 3_600_000
 
-    def run(self) -> dict[str, Any]:
+    def run(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """The policy's figures; ``progress`` is called with each simulated hour done."""
         started, now = time.perf_counter(), self.options.start_ms
         end = self.options.start_ms + int(self.options.days * DAY_MS)
+        next_hour = now + HOUR_MS
         while now < end:
             now = min(end, now + self.options.step_ms)
+            if progress is not None and now >= next_hour:
+                progress((now - next_hour) // HOUR_MS + 1)
+                next_hour += ((now - next_hour) // HOUR_MS + 1) * HOUR_MS
             self._steer(now)
             for topic, message in self.population.advance(now):
                 self._absorb(now, self._feed(topic, message))
@@ -268,34 +278,68 @@ class _Run:
         }
 
 
-def evaluate(options: EvalOptions, names: Iterable[str] = POLICIES) -> dict[str, Any]:
-    """Run the named policies; the full one first when a matched one needs its volume."""
-    wanted = list(dict.fromkeys(names))
-    if any(n in MATCHED for n in wanted) and "full" not in wanted:
-        wanted.insert(0, "full")
+def evaluate(
+    options: EvalOptions,
+    names: Iterable[str] = POLICIES,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the named policies; the full one first when a matched one needs its volume.
+
+    ``progress`` is called with simulated hours done, summed over the policies (in this
+    process, whichever process ran them).
+    """
+    wanted = policies_to_run(names)
     first = [n for n in wanted if n not in MATCHED]
-    results = _run_all([(n, None) for n in first], options)
+    results = _run_all([(n, None) for n in first], options, progress)
     target = results.get("full", {}).get("pushes_per_user_day")
-    results.update(_run_all([(n, target) for n in wanted if n in MATCHED], options))
+    results.update(_run_all([(n, target) for n in wanted if n in MATCHED], options, progress))
     results = {n: results[n] for n in wanted}
     _add_oracle_share(results)
     return {"options": dataclasses.asdict(options), "policies": results,
             "targets": targets(results)}
 
 
-def run_policy(name: str, options: EvalOptions, target: float | None) -> dict[str, Any]:
+def policies_to_run(names: Iterable[str]) -> list[str]:
+    """The policies in running order: ``full`` added when a matched one needs its volume."""
+    wanted = list(dict.fromkeys(names))
+    if any(n in MATCHED for n in wanted) and "full" not in wanted:
+        wanted.insert(0, "full")
+    return wanted
+
+
+def run_policy(
+    name: str, options: EvalOptions, target: float | None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """One policy's figures (a process-pool task: top level, picklable arguments)."""
-    return _Run(name, options, target).run()
+    return _Run(name, options, target).run(progress)
 
 
 def _run_all(
-    runs: list[tuple[str, float | None]], options: EvalOptions
+    runs: list[tuple[str, float | None]], options: EvalOptions,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     if options.jobs <= 1 or len(runs) <= 1:
-        return {name: run_policy(name, options, target) for name, target in runs}
+        return {name: run_policy(name, options, target, progress) for name, target in runs}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(options.jobs, len(runs)), mp_context=context) as pool:
-        futures = {name: pool.submit(run_policy, name, options, target) for name, target in runs}
+    with contextlib.ExitStack() as stack:
+        hours = None
+        if progress is not None:  # the workers put their hours on a queue the parent reads
+            hours = stack.enter_context(context.Manager()).Queue()
+        pool = stack.enter_context(
+            ProcessPoolExecutor(min(options.jobs, len(runs)), mp_context=context))
+        reporter = None if hours is None else hours.put
+        futures = {name: pool.submit(run_policy, name, options, target, reporter)
+                   for name, target in runs}
+        while hours is not None and progress is not None:
+            finished = all(f.done() for f in futures.values())
+            with contextlib.suppress(queue.Empty):
+                while True:  # once all are done, drain what is left and stop
+                    progress(hours.get(timeout=0.0 if finished else 0.2))
+                    if not finished:
+                        break
+            if finished:
+                break
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -309,7 +353,8 @@ def _add_oracle_share(results: dict[str, dict[str, Any]]) -> None:
 def targets(results: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
     """The issue's targets for the full policy; None where a needed policy did not run."""
     full, every = results.get("full"), results.get("send-everything")
-    both = full is not None and every is not None
+    # with no push measured there is nothing to compare: "met" would be 0 >= 2 * 0
+    both = full is not None and every is not None and every["pushes"] > 0
     return {
         "opens_per_push_2x_send_everything": (
             full["opens_per_push"] >= 2 * every["opens_per_push"] if both else None),  # type: ignore[index]
@@ -337,16 +382,26 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_POSITIVE = click.FloatRange(min=0.0, min_open=True)
+
+
 @click.command("evaluate")
 @click.option("--quick", is_flag=True, help="A small population for tests (< 60 s).")
-@click.option("--users", type=int, default=None, help="Simulated users.")
-@click.option("--days", type=float, default=None, help="Simulated days, warm-up included.")
-@click.option("--warmup-days", type=float, default=None, help="Days learned but not measured.")
-@click.option("--seed", type=int, default=None, help="Population seed.")
-@click.option("--threshold", type=float, default=None, help="Send threshold of the model policies.")
-@click.option("--volume-target", type=float, default=None,
-              help="Pushes per user per day of the full-volume policy's controller.")
-@click.option("--jobs", type=int, default=None, help="Policies run in parallel processes.")
+@click.option("--users", type=click.IntRange(min=1), default=None,
+              help="Simulated users  [default: 1000; --quick: 400]")
+@click.option("--days", type=_POSITIVE, default=None,
+              help="Simulated days, warm-up included  [default: 6; --quick: 4]")
+@click.option("--warmup-days", type=click.FloatRange(min=0.0), default=None,
+              help="Days learned but not measured, fewer than --days  [default: 3; --quick: 2]")
+@click.option("--seed", type=int, default=None, help="Population seed  [default: 7]")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              envvar="PUSHFLOW_THRESHOLD", show_envvar=True,
+              help="Send threshold of the model policies (default: the worker's, 0.08).")
+@click.option("--volume-target", type=click.FloatRange(min=0.0), default=None,
+              help="Pushes per user per day of the full-volume policy's controller  "
+                   "[default: 1]")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Policies run in parallel processes  [default: 2]")
 @click.option("--policy", "policies", multiple=True, type=click.Choice(CHOICES),
               help="Run only these (repeatable); default all but full-volume.")
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -358,18 +413,32 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
     """Compare decision policies on one simulated population, in-process (no broker).
 
     The policies are variants of the worker's, configured as the worker is (``PUSHFLOW_*``).
+    Progress goes to stderr (a bar on a terminal), the table to stdout.
     """
     from streams.report import evaluate_report, require_plotting, write_report
 
     if html is not None:
         require_plotting()  # before the runs, not after them
-    settings = Settings.from_env(os.environ)
+    try:
+        settings = Settings.from_env(os.environ)
+    except PushflowError as exc:
+        raise click.UsageError(str(exc)) from None
     base = dataclasses.replace(
         QUICK if quick else EvalOptions(), decider=decider_config(settings),
         learning_rate=settings.learning_rate, snapshot_every=settings.snapshot_every,
     )
     options = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    report = evaluate(options, policies or POLICIES)
+    if options.days - options.warmup_days <= 1 / 24:  # the last hour is not measured
+        raise click.BadParameter(
+            f"{options.warmup_days:g} warm-up days leave nothing of {options.days:g} days to "
+            "measure (the difference must exceed one hour)", param_hint="'--warmup-days'")
+    progress.check_writable(report_json, "--report-json")
+    names = policies_to_run(policies or POLICIES)
+    started = time.monotonic()
+    with progress.bar(round(len(names) * options.days * 24), "evaluate", "sim h") as bar:
+        report = evaluate(options, names, bar.update)
+    progress.done(f"evaluate: {len(names)} policies, {options.users} users, "
+                  f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s")
     click.echo(format_table(report))
     if report_json is not None:
         report_json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

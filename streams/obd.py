@@ -27,7 +27,7 @@ import csv
 import hashlib
 import importlib.util
 import io
-import sys
+import itertools
 import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,6 +40,7 @@ import click
 import orjson
 
 from streams.contracts import intent_id_for
+from streams.progress import bar, done
 
 TZ = "Asia/Tokyo"  # ZOZOTOWN serves Japan; the log's timestamps are UTC
 FEEDBACK_DELAY_MS = 1_000  # OBD has no click time: feedback lands one second after
@@ -179,12 +180,14 @@ def convert_command() -> None:
               help="obd directory or obp-0.5.7.tar.gz (default: the installed obp package).")
 @click.option("--policy", type=click.Choice(POLICIES), default="random", show_default=True,
               help="Logging policy of the sample: uniform random or Bernoulli TS.")
-@click.option("--campaign", type=click.Choice(CAMPAIGNS), default="all", show_default=True)
+@click.option("--campaign", type=click.Choice(CAMPAIGNS), default="all", show_default=True,
+              help="Campaign of the sample: all items, or the men's or women's.")
 @click.option("--no-click", type=click.Choice(NO_CLICK), default="silent", show_default=True,
               help="An impression without a click: no feedback (expires), or push_dismissed.")
-@click.option("--limit", type=int, default=None, help="Convert only the first N impressions.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Convert only the first N impressions.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              show_default=True)
+              show_default=True, help="Where the JSONL goes (- : stdout).")
 def obd(data: Path | None, policy: str, campaign: str, no_click: str, limit: int | None,
         output: str) -> None:
     """Open Bandit Dataset sample -> JSONL of pushflow messages with logging propensities."""
@@ -194,10 +197,24 @@ def obd(data: Path | None, policy: str, campaign: str, no_click: str, limit: int
             log_file, items_file = open_sample(root, policy, campaign, stack)
             kinds = item_kinds(csv.DictReader(items_file))
             rows = csv.DictReader(log_file)
-            limited = (row for n, row in enumerate(rows) if limit is None or n < limit)
-            envelopes = convert(limited, kinds, f"{policy}-{campaign}", no_click)
-            with click.open_file(output, "wb") as out:
-                count = write_jsonl(envelopes, out)
-    except (FileNotFoundError, tarfile.TarError, KeyError) as exc:
+            limited = itertools.islice(rows, limit)
+            with bar(limit, "convert", "rows") as shown:
+                envelopes = convert(_counted(limited, shown), kinds, f"{policy}-{campaign}",
+                                    no_click)
+                with click.open_file(output, "wb") as out:
+                    count = write_jsonl(envelopes, out)
+    except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
-    print(f"wrote {count} lines to {output}", file=sys.stderr)
+    except KeyError as exc:  # a CSV without a column the converter needs
+        raise click.UsageError(f"{data}: no column {exc} in the sample: not an obd CSV") from None
+    except tarfile.TarError:
+        raise click.UsageError(f"{data}: neither an obd directory nor a tar archive") from None
+    except (OSError, csv.Error, ValueError) as exc:
+        raise click.UsageError(f"{data}: {exc}") from None
+    done(f"convert: wrote {count} lines to {output}")
+
+
+def _counted(rows: Iterable[dict[str, str]], shown: Any) -> Iterator[dict[str, str]]:
+    for row in rows:
+        shown.update(1)
+        yield row

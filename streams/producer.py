@@ -21,6 +21,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from streams.logs import client_logging
+
 log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes | None, int | None]  # topic, key, value, partition
@@ -48,7 +50,7 @@ class OutputProducer:
         on_error: Callable[[Any], None],
         on_too_large: Callable[[Record, str], Record | None] | None = None,
     ) -> None:
-        self._producer = Producer(config)
+        self._producer = Producer(client_logging(config))
         self._on_error = on_error
         self._on_too_large = on_too_large
         self._failed: list[Record] = []

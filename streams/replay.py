@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +57,7 @@ from streams.model import PushModel
 from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import in_holdout
+from streams.progress import bar, check_writable, done
 
 EVENTS, CANDIDATES = "user-events", "notification-candidates"
 HOUR_MS = 3_600_000
@@ -512,25 +512,30 @@ _setting_flags = setting_flags(_FLAGS)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the full report here as JSON.")
-@click.option("--snapshot-every", type=int, default=0, show_default=True,
+@click.option("--snapshot-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Score with a copy of the model refreshed every N examples (0: at once).")
-@click.option("--baseline-share", type=float, default=0.5, show_default=True,
+@click.option("--baseline-share", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              default=0.5, show_default=True,
               help="Share of labeled examples (by decision time) the batch baseline fits on.")
-@click.option("--window", type=int, default=100_000, show_default=True,
+@click.option("--window", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Labels covered by the prequential figures.")
 @click.option("--decisions-out", type=click.File("wb"), default=None,
               help="Write every replayed decision here as JSONL (to diff two policies).")
 @click.option("--policy", "policy_overrides", multiple=True, metavar="FIELD=VALUE",
               help="Set a PolicyConfig field that Settings does not carry (repeatable).")
-@click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr  [default: when stderr is a terminal]")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write an HTML report with plots here (needs the 'report' extra).")
 @_setting_flags
 def replay_command(file: str, report_json: Path | None, snapshot_every: int,
                    baseline_share: float, window: int, decisions_out: BinaryIO | None,
-                   policy_overrides: tuple[str, ...], progress: bool, html: Path | None,
-                   **flags: Any) -> None:
-    """Replay a JSONL log of input messages through the decision core (see docs/replay.md)."""
+                   policy_overrides: tuple[str, ...], progress: bool | None,
+                   html: Path | None, **flags: Any) -> None:
+    """Replay a JSONL log of input messages through the decision core (see docs/replay.md).
+
+    Exits 1 when no line of FILE is a pushflow message (say, a CSV given by mistake).
+    """
     from streams.config import decider_config, fresh_model
     from streams.report import replay_report, require_plotting, write_report
     from streams.settings import Settings
@@ -542,17 +547,39 @@ def replay_command(file: str, report_json: Path | None, snapshot_every: int,
         config = with_policy_overrides(decider_config(settings), policy_overrides)
     except (PushflowError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    check_writable(report_json, "--report-json")
+    check_writable(html, "--html")
     options = ReplayOptions(int(settings.tick_interval_s * 1000), settings.max_message_bytes,
                             snapshot_every, window, baseline_share, settings.user_ttl_s * 1000)
+    started = time.monotonic()
     with click.open_file(file, "rb") as stream:
         lines = _with_progress(stream, _size(file), progress)
         report = replay(lines, config, lambda: fresh_model(settings), options,
                         None if decisions_out is None else _decision_writer(decisions_out))
+    if report.lines and not report.messages:
+        raise NotALog(file, report)
+    done(f"replay: {report.lines} lines, {sum(report.messages.values())} messages, "
+         f"{sum(report.dead_letters.values())} dead letters in {time.monotonic() - started:.0f} s")
     click.echo(report.format_table())
     if report_json is not None:
         report_json.write_bytes(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2))
     if html is not None:
         write_report(html, replay_report(report.to_dict(), Path(file).name))
+
+
+class NotALog(click.ClickException):
+    """No line of the file was a message: it is not a replay log (exit code 1)."""
+
+    def __init__(self, file: str, report: ReplayReport) -> None:
+        first = report.dead_letter_samples[0] if report.dead_letter_samples else {}
+        super().__init__(
+            f"{file}: none of its {report.lines} lines is a pushflow message (line "
+            f"{first.get('line', '?')}: {first.get('error', '?')[:120]}); replay reads JSONL "
+            "of messages or envelopes, see docs/replay.md (an Open Bandit CSV: pushflow "
+            "convert obd)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
 
 
 def with_policy_overrides(config: DeciderConfig, overrides: Iterable[str]) -> DeciderConfig:
@@ -584,27 +611,11 @@ def _size(file: str) -> int | None:
     return None if file == "-" else os.path.getsize(file)
 
 
-def _with_progress(stream: IO[bytes], total: int | None, enabled: bool) -> Iterator[bytes]:
-    """The stream's lines, with tqdm if it is installed, else a plain stderr counter."""
-    if not enabled:
-        yield from stream
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        with tqdm(total=total, unit="B", unit_scale=True, desc="replay") as bar:
-            for line in stream:
-                bar.update(len(line))
-                yield line
-        return
-    done, last = 0, time.monotonic()
-    for n, line in enumerate(stream, 1):
-        done += len(line)
-        if time.monotonic() - last > 1.0:
-            last = time.monotonic()
-            share = f" ({100 * done / total:.0f}%)" if total else ""
-            print(f"\rreplay: {n} lines{share}", end="", file=sys.stderr, flush=True)
-        yield line
-    print(f"\rreplay: done{' ' * 20}", file=sys.stderr)
+def _with_progress(
+    stream: IO[bytes], total: int | None, enabled: bool | None
+) -> Iterator[bytes]:
+    """The stream's lines, counted in bytes on a stderr bar (``None``: on a terminal)."""
+    with bar(total, "replay", "B", enabled, unit_scale=True) as shown:
+        for line in stream:
+            shown.update(len(line))
+            yield line

@@ -44,7 +44,8 @@ def run_worker(settings: Settings) -> None:
             log.warning("no broker configured: started an embedded %s broker at %s",
                         broker.kind, broker.url)
         ensure_topics(settings.bootstrap_servers, topic_specs(settings),
-                      client_config=settings.confluent_config(), timeout=60)
+                      client_config=settings.confluent_config(),
+                      timeout=settings.startup_timeout_s)
         worker = PushflowWorker(settings)
         follower = SnapshotFollower(
             settings.confluent_config(),

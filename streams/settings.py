@@ -82,6 +82,8 @@ class Settings:
     snapshots_topic: str = "model-snapshots"
     ticks_topic: str = "event-time-ticks"
     session_timeout_s: float = 10.0
+    # how long a command waits for the broker before it gives up with an error
+    startup_timeout_s: float = 60.0
     # inputs decided per batch, and how long a batch waits to fill (adds to latency)
     batch_max: int = 500
     batch_wait_s: float = 0.01
@@ -167,6 +169,7 @@ class Settings:
         self._check_range("batch_wait_s", 0.0, 10.0)
         self._check_range("quiet_start_hour", 0, 23)
         self._check_range("quiet_end_hour", 0, 23)
+        self._check_range("startup_timeout_s", 0.1, 3600.0)
         self._check_choice("log_format", ("text", "json"))
         self._check_range("decided_limit", 1, 1_000_000)
         if not 0 < self.decided_horizon_s <= self.user_ttl_s:
@@ -174,8 +177,8 @@ class Settings:
             raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "
                               f"{self.user_ttl_s}], not {self.decided_horizon_s!r}")
         self._check_output_limits()
-        if self.broker is not None and not self.broker.startswith("kafka://"):
-            raise ConfigError(f"broker must look like kafka://host:port, not {self.broker!r}")
+        if self.broker is not None:
+            check_broker_url(self.broker)
 
     def _check_client_certificate(self) -> None:
         """A certificate is useless without its key and the reverse, and both go only over
@@ -285,6 +288,26 @@ class Settings:
                        f"message crosses it unencrypted and the brokers are not authenticated")
         return (f"security_protocol SASL_PLAINTEXT: {exposed}; set "
                 f"PUSHFLOW_SECURITY_PROTOCOL=SASL_SSL (and PUSHFLOW_SSL_CAFILE for a private CA)")
+
+
+def check_broker_url(url: str) -> None:
+    """A ConfigError unless ``url`` is ``kafka://host:port[,host:port]``.
+
+    >>> check_broker_url("kafka://a:9092,b:9093")
+    >>> check_broker_url("localhost:9092")
+    Traceback (most recent call last):
+    ...
+    streams.errors.ConfigError: broker must look like kafka://host:port, not 'localhost:9092'
+    """
+    servers = url.removeprefix("kafka://")
+    if servers == url or not servers:
+        raise ConfigError(f"broker must look like kafka://host:port, not {url!r}")
+    for server in servers.split(","):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"broker must look like kafka://host:port, not {url!r} ({server!r} has no "
+                "host or no port within 1-65535)")
 
 
 def _field_type(name: str) -> str:

@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from streams import snapshot_format
 from streams.errors import SnapshotError
+from streams.logs import client_logging
 from streams.model import MODEL_FORMAT, PushModel
 from streams.settings import Secret
 
@@ -176,13 +177,13 @@ class SnapshotFollower:
         on_swap: Callable[[int], None] | None = None,
     ) -> None:
         self._consumer = Consumer(
-            {
+            client_logging({
                 **client_config,
                 "group.id": "pushflow-snapshot-follower",  # never commits; assign() only
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "fetch.message.max.bytes": 64 * 1024 * 1024,
-            }
+            })
         )
         self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         self._holder = holder

@@ -17,10 +17,19 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from streams import progress
+from streams.admin import wait_for_broker
+from streams.errors import BrokerError, ConfigError
+from streams.logs import client_logging
 from streams.settings import Settings
 from streams.simulator import Population
 
 log = logging.getLogger(__name__)
+
+# A record the broker has not acknowledged within this long counts as undelivered, so a
+# simulator cut off from its broker fails (and is restarted) instead of looking healthy.
+DELIVERY_TIMEOUT_MS = 30_000
+STATUS_EVERY_S = 30.0
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -65,15 +74,18 @@ class TrafficDriver:
         self.decisions_by_reason: Counter[str] = Counter()
         self.dead_letter_codes: Counter[str] = Counter()
         self.on_record = on_record
-        self._producer = Producer(producer_config(settings))
+        self.undelivered = 0
+        self.delivery_error: str | None = None
+        self._producer = Producer(client_logging(
+            {**producer_config(settings), "message.timeout.ms": DELIVERY_TIMEOUT_MS}))
         self._consumer = Consumer(
-            {
+            client_logging({
                 **settings.confluent_config(),
                 "group.id": f"pushflow-simulator-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "enable.auto.commit": True,
                 "session.timeout.ms": 6000,
-            }
+            })
         )
         self._consumer.subscribe(
             [settings.topic(t) for t in ("intents_topic", "decisions_topic", "dead_letters_topic")]
@@ -98,13 +110,19 @@ class TrafficDriver:
         value, key = orjson.dumps(message), message["user_id"].encode()
         while True:
             try:
-                self._producer.produce(self.settings.topic(field), value=value, key=key)
+                self._producer.produce(self.settings.topic(field), value=value, key=key,
+                                       on_delivery=self._delivered)
                 break
             except BufferError:
                 self._producer.poll(0.1)
         self.sent[kind] += 1
         if self.on_record is not None:
             self.on_record(kind, message)
+
+    def _delivered(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self.undelivered += 1
+            self.delivery_error = str(error)
 
     def _receive(self, message: Any) -> None:
         if message.error() is not None:
@@ -126,26 +144,61 @@ class TrafficDriver:
         if self.on_record is not None:
             self.on_record(kind, record)
 
-    def close(self, timeout: float = 10.0) -> None:
-        self._producer.flush(timeout)
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what is left within ``timeout``; returns how many records were not."""
+        left = self._producer.flush(timeout)
         self._consumer.close()
+        return int(left) + self.undelivered
+
+    def status(self) -> str:
+        return (f"sent {self.sent['events']} events, {self.sent['candidates']} candidates; "
+                f"received {self.received['intents']} intents, "
+                f"{self.received['decisions']} decisions, "
+                f"{self.received['dead_letters']} dead letters")
 
 
 def run_simulation(
     settings: Settings, *, users: int, speed: float, seed: int, duration: float | None
 ) -> None:
-    """``pushflow simulate``: traffic against an existing deployment until stopped."""
+    """``pushflow simulate``: traffic against an existing deployment until stopped.
+
+    Raises BrokerError when the broker does not answer within ``startup_timeout_s`` or a
+    record cannot be delivered: a simulator that sends nothing must not look healthy.
+    """
     if settings.broker is None:
-        raise SystemExit("pushflow simulate needs --broker or PUSHFLOW_BROKER")
+        raise ConfigError("pushflow simulate needs --broker or PUSHFLOW_BROKER")
+    wait_for_broker(settings.bootstrap_servers, settings.confluent_config(),
+                    timeout=settings.startup_timeout_s)
     population = Population(seed=seed, n_users=users, start_ms=int(time.time() * 1000))
     driver = TrafficDriver(settings, population, speed, from_beginning=False)
-    deadline = None if duration is None else time.monotonic() + duration
-    last_log = time.monotonic()
+    started = time.monotonic()
     try:
-        while deadline is None or time.monotonic() < deadline:
-            driver.step()
-            if time.monotonic() - last_log > 30:
-                last_log = time.monotonic()
-                log.info("simulated %s, received %s", dict(driver.sent), dict(driver.received))
+        _drive(driver, duration)
+    except KeyboardInterrupt:
+        log.info("simulate: interrupted, stopping")
     finally:
-        driver.close()
+        left = driver.close()
+    # a log line, not a print: under log_format=json every stderr line is one JSON object
+    log.info("simulate: %s in %.0f s", driver.status(), time.monotonic() - started)
+    if left:
+        raise BrokerError(f"{left} records were not delivered ({driver.delivery_error})")
+
+
+def _drive(driver: TrafficDriver, duration: float | None) -> None:
+    """Step until ``duration`` passes; a status line every 30 s (a bar on a terminal)."""
+    started = last = time.monotonic()
+    total = None if duration is None else round(duration)
+    with progress.bar(total, "simulate", "s",
+                      bar_format="{desc}: {elapsed} {postfix}" if total is None else None) as bar:
+        while duration is None or time.monotonic() - started < duration:
+            driver.step()
+            if driver.undelivered:
+                raise BrokerError(f"records are not being delivered ({driver.delivery_error})")
+            now = time.monotonic()
+            if bar.disable and now - last >= STATUS_EVERY_S:
+                log.info("simulate: %s", driver.status())
+                last = now
+            elif not bar.disable and now - last >= 1.0:
+                bar.set_postfix_str(driver.status(), refresh=False)
+                bar.update(round(now - started) - bar.n)
+                last = now

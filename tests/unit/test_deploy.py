@@ -695,7 +695,7 @@ def prometheus_config_path_in_container(service: dict) -> str:
 
 def test_prometheus_service_mounts_config_and_rules(services, prom_config):
     prom = services["prometheus"]
-    assert prom["image"] == "prom/prometheus:v3.5.0"
+    assert prom["image"] == "prom/prometheus:v2.53.3"
     in_container = prometheus_config_path_in_container(prom)
     assert host_path_for(prom, in_container) == PROM_CONFIG.resolve()
     rule_files = prom_config["rule_files"]
@@ -954,3 +954,85 @@ def test_dashboard_promql_parses(dashboard, tmp_path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = promtool("check", "rules", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# Counters whose label children appear with their first event (the others start at zero in
+# streams/metrics.py): a panel of their rates reads "No data" until then, unless it says 0.
+COUNTERS_BORN_ON_FIRST_EVENT = {
+    "pushflow_input_messages_total",
+    "pushflow_decisions_total",
+    "pushflow_dead_letters_total",
+    "pushflow_labeled_examples_total",
+    "pushflow_ignored_messages_total",
+}
+DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
+
+
+def per_label_rate_panels(dashboard: dict) -> list[tuple[str, str]]:
+    """(title, expr) of the time series that sum such a counter's rate by its labels."""
+    found = []
+    for panel in all_panels(dashboard):
+        if panel.get("type") != "timeseries":
+            continue
+        for target in panel.get("targets") or []:
+            expr = target["expr"]
+            metrics, _, grouping = promql_refs(expr)
+            if metrics & COUNTERS_BORN_ON_FIRST_EVENT and grouping and "sum by" in expr:
+                found.append((panel["title"], expr))
+    return found
+
+
+def test_dashboard_counter_panels_read_zero_before_their_first_event(dashboard):
+    panels = per_label_rate_panels(dashboard)
+    assert {title for title, _ in panels} >= {"Dead letters by error code",
+                                              "Ignored inputs by reason"}
+    for title, expr in panels:
+        # `on ()`: the zero stands in only when there is no series at all, never beside them
+        assert expr.rstrip().endswith("or on () vector(0)"), (title, expr)
+
+
+@needs_promtool
+def test_dashboard_counter_panels_read_zero_in_prometheus(dashboard, tmp_path):
+    """With no series yet the panels read 0; once a series exists, only that series."""
+    def filled(expr: str) -> str:
+        for var, value in DASHBOARD_VARIABLES.items():
+            expr = expr.replace(var, value)
+        return expr
+
+    panels = per_label_rate_panels(dashboard)
+    up = {"series": 'up{job="pushflow",instance="w1:6066"}', "values": "1x10"}
+    dead = {"series": 'pushflow_dead_letters_total{topic="user-events",error_code="invalid_json",'
+                      'instance="w1:6066",job="pushflow"}', "values": "0+60x10"}
+    empty = [{"expr": filled(expr), "eval_time": "5m", "exp_samples": [{"labels": "{}",
+                                                                         "value": 0}]}
+             for _, expr in panels]
+    (dead_expr,) = [filled(e) for t, e in panels if "pushflow_dead_letters_total" in e]
+    one = [{"expr": dead_expr, "eval_time": "5m", "exp_samples": [
+        {"labels": '{topic="user-events",error_code="invalid_json"}', "value": 1}]}]
+    tests = {"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": [up], "promql_expr_test": empty},
+        {"interval": "1m", "input_series": [up, dead], "promql_expr_test": one},
+    ]}
+    path = tmp_path / "panels.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    proc = promtool("test", "rules", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The Prometheus the tests run (.ci/run installs Debian bookworm's package) and the one
+# compose deploys must share a major version: 3.x changed defaults and PromQL semantics that
+# a 2.x promtool would not catch.
+TESTED_PROMETHEUS_MAJOR = 2
+
+
+def test_compose_prometheus_has_the_tested_major_version(services):
+    image = services["prometheus"]["image"]
+    m = re.fullmatch(r"prom/prometheus:v(\d+)\.\d+\.\d+", image)
+    assert m, f"pin an exact prom/prometheus:vX.Y.Z, not {image!r}"
+    assert int(m.group(1)) == TESTED_PROMETHEUS_MAJOR, image
+    installed = shutil.which("prometheus")
+    if installed is not None:
+        out = subprocess.run([installed, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+        found = re.search(r"version (\d+)\.", out)
+        assert found and int(found.group(1)) == TESTED_PROMETHEUS_MAJOR, out

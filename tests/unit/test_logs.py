@@ -7,6 +7,7 @@ inside ``saved_logging``, which puts the root handlers and all logger levels bac
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,8 +15,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from streams.admin import BrokerUnavailableError, wait_for_broker
 from streams.errors import ConfigError
-from streams.logs import JsonFormatter, configure_logging
+from streams.logs import JsonFormatter, RepeatFilter, configure_logging
 from streams.settings import Settings
 
 PASSWORD = "s3cr3t-Pa55word-do-not-log"
@@ -173,3 +175,74 @@ def test_settings_logged_in_any_form_never_show_the_password(
     assert len(json_lines(text)) == 4
     assert PASSWORD not in text
     assert "Secret('**********')" in text
+
+
+# --- repeated lines ------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeated_warning_is_written_once_per_window_with_the_count_held_back() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(window_s=60.0, clock=clock)
+    through = []
+    for n in range(500):  # a reconnect every 50 ms for 25 s, each to a new port
+        clock.now = n * 0.05
+        line = record("Connect to ipv4#127.0.0.1:%d failed", 40000 + n, level=logging.ERROR,
+                      name="librdkafka")
+        if repeats.filter(line):
+            through.append(line.getMessage())
+    clock.now = 61.0
+    late = record("Connect to ipv4#127.0.0.1:%d failed", 1, level=logging.ERROR,
+                  name="librdkafka")
+    assert repeats.filter(late)
+    assert through == ["Connect to ipv4#127.0.0.1:40000 failed"]
+    assert late.getMessage() == ("Connect to ipv4#127.0.0.1:1 failed "
+                                 "(499 like it held back in the last 60 s)")
+
+
+def test_different_lines_and_lines_below_warning_are_not_held_back() -> None:
+    repeats = RepeatFilter(window_s=60.0, clock=Clock())
+    lines = [record("broker down", level=logging.WARNING),
+             record("broker down", level=logging.ERROR),
+             record("broker down", level=logging.WARNING, name="aiokafka"),
+             record("topic %s missing", "a", level=logging.WARNING),
+             *(record("step %d", n) for n in range(5))]
+    assert all(repeats.filter(line) for line in lines)
+    assert not repeats.filter(record("broker down", level=logging.WARNING))
+
+
+def test_librdkafka_speaks_through_python_logging_as_json_rate_limited(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A real client against a port where nothing listens: its reconnect lines, every
+    ~50 ms for a second, become one JSON line of the ``librdkafka`` logger."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configure_logging("info", "json")
+    with pytest.raises(BrokerUnavailableError):
+        wait_for_broker(f"127.0.0.1:{port}", timeout=1.0)
+    err = capfd.readouterr().err  # file descriptor 2: librdkafka's own stderr lines too
+    lines = json_lines(err)
+    assert [line["logger"] for line in lines] == ["librdkafka"], err
+    assert "Connection refused" in str(lines[0]["message"]) and lines[0]["level"] == "error"
+
+
+def test_configured_logging_holds_back_a_flood_from_any_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiokafka logs through Python logging already; a dead broker makes it repeat itself."""
+    configure_logging("info", "json")
+    chatty = logging.getLogger("aiokafka")
+    for n in range(200):
+        chatty.error("Unable connect to node with id %d: [Errno 111] Connect call failed", n)
+    logging.getLogger("pushflow").info("worker ready")
+    lines = json_lines(capsys.readouterr().err)
+    assert [line["logger"] for line in lines] == ["aiokafka", "pushflow"]
