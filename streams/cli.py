@@ -51,7 +51,7 @@ def _flags(*names: str, broker: Flag | None = None) -> list[Flag]:
 
 
 _WORKER_FLAGS = _flags(*_FLAGS)
-_DEMO_FLAGS = _flags("broker", "startup_timeout_s", "log_format", "log_level")
+_DEMO_FLAGS = _flags("broker", "startup_timeout_s", "web_port", "log_format", "log_level")
 _SIMULATE_FLAGS = _flags("startup_timeout_s", "log_format", "log_level", broker=_REQUIRED_BROKER)
 _TOPICS_FLAGS = _flags("partitions", "log_format", "log_level", broker=_REQUIRED_BROKER)
 _POSITIVE = click.FloatRange(min=0.0, min_open=True)
