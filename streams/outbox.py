@@ -79,14 +79,22 @@ def release_stop(
     sent_at = state.recent_content.get(candidate.content_id)
     if sent_at is not None and now_ms - sent_at < MS_DAY:
         return "duplicate"
-    if candidate.critical:
-        return None if config.critical_in_quiet_hours else _quiet(state, now_ms, config)
+    if candidate.critical:  # quiet hours only if a setting asks, and never past expiry
+        if config.critical_in_quiet_hours:
+            return None
+        return _quiet_critical(state, candidate, now_ms, config)
     return guardrail(state, now_ms, config) or _better_nearby(state, intent_id, now_ms, config)
 
 
-def _quiet(state: UserState, now_ms: int, config: PolicyConfig) -> str | None:
-    quiet = in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour)
-    return "quiet_hours" if quiet else None
+def _quiet_critical(
+    state: UserState, candidate: Candidate, now_ms: int, config: PolicyConfig
+) -> str | None:
+    """A critical push waits out quiet hours only if they end before it expires (it is then
+    rescheduled); otherwise it goes now rather than be lost."""
+    if not in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour):
+        return None
+    later = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
+    return "quiet_hours" if later <= candidate.expires_at_ms else None
 
 
 def _better_nearby(

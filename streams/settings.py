@@ -106,7 +106,7 @@ class Settings:
     explore_share: float = 0.05
     disable_weight: float = 1.0
     dismiss_weight: float = 0.1
-    critical_in_quiet_hours: bool = False
+    critical_in_quiet_hours: bool = True
     send_time: bool = True
     send_time_min_events: int = 50
     send_time_max_hold_s: int = 12 * 3600

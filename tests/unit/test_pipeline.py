@@ -25,7 +25,14 @@ from streams.features import (
 from streams.model import PushModel
 from streams.outbox import hold_entry
 from streams.pipeline import Decider, DeciderConfig, StepOutput
-from streams.policy import Decision, PolicyConfig, Scores, in_holdout, in_quiet_hours
+from streams.policy import (
+    Decision,
+    PolicyConfig,
+    Scores,
+    in_holdout,
+    in_quiet_hours,
+    quiet_hours_end,
+)
 from streams.redelivery import remember
 
 POLICY = PolicyConfig(holdout_share=0.0)
@@ -175,7 +182,8 @@ def test_disabled_while_held_is_suppressed() -> None:
 
 
 def test_a_held_critical_push_still_bypasses_caps_at_release() -> None:
-    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, critical_in_quiet_hours=False))
+    decider, state = HourScored(PushModel(), config), UserState("u1", tz="Europe/Berlin")
     night = at("Europe/Berlin", 2026, 6, 10, 23)
     out = decider.on_candidate(state, candidate("k0", night, ttl_h=12, critical=True))
     assert actions(out) == [("hold", "quiet_hours")]
@@ -326,7 +334,8 @@ def test_no_sequence_of_inputs_breaks_a_guardrail(
         same_content = [i["send_at_ms"] for i in sent[:n] if i["content_id"] == cand.content_id]
         assert all(t - b >= MS_DAY for b in same_content)
         quiet = in_quiet_hours(t, tz, policy.quiet_start_hour, policy.quiet_end_hour)
-        assert not quiet or (cand.critical and allow and intent["reason"] == "critical")
+        outlasted = quiet_hours_end(t, tz, policy.quiet_end_hour) > cand.expires_at_ms
+        assert not quiet or (cand.critical and (allow or outlasted))
         if not cand.critical:
             assert sum(1 for b in before if t - b < MS_DAY) < policy.daily_cap
             assert all(t - b >= policy.min_gap_ms for b in before)
@@ -396,3 +405,23 @@ def test_a_user_holding_stored_outputs_fits_in_2_kib() -> None:
     packed = state_to_bytes(state)
     assert len(plain) > COMPRESS_OVER and len(packed) < min(2048, len(plain) // 2)
     assert state_from_bytes(packed) == state
+
+
+def test_a_held_critical_push_is_sent_rather_than_lost_to_quiet_hours() -> None:
+    """Event time jumps past its send time into the next night, and quiet hours would outlast
+    it: a critical push goes out then rather than expire in the outbox."""
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, critical_in_quiet_hours=False))
+    decider, state = HourScored(PushModel(), config), UserState("u1", tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    out = decider.on_candidate(state, candidate("k0", night, ttl_h=24.5, critical=True))
+    assert actions(out) == [("hold", "quiet_hours")]
+    out = valid(decider.on_tick(state, at("Europe/Berlin", 2026, 6, 11, 23)))
+    assert actions(out) == [("send", "released")] and state.outbox == {}
+
+
+def test_a_critical_push_at_night_goes_out_at_once_by_default() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    out = valid(decider.on_candidate(state, candidate("login", night, ttl_h=0.1, critical=True)))
+    assert actions(out) == [("send", "critical")]
+    assert out.intents[0]["send_at_ms"] == night and state.outbox == {}
