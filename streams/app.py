@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from streams.config import decider_config, fresh_model
 from streams.contracts import (
+    Candidate,
     ContractError,
     dead_letter,
     encode,
@@ -149,6 +151,45 @@ class Batch:
                      candidates=self.candidates + later.candidates)
 
 
+def record_time_ms(message: Any) -> int:
+    """The broker timestamp of an input's record (Faust gives seconds); the worker's clock
+    when the record has none."""
+    stamp = message.timestamp
+    if not stamp or stamp <= 0:
+        return int(time.time() * 1000)
+    return round(stamp * 1000)
+
+
+def arrival_ms(message: Any) -> int:
+    """When an input reached the worker: its record's timestamp, bounded by this worker's
+    clock (a producer's clock ahead cannot date it in the future)."""
+    return min(record_time_ms(message), int(time.time() * 1000))
+
+
+def in_record_time_order(events: Iterable[Any], rank: dict[str, int]) -> list[Any]:
+    """A taken list with each partition's input topics merged by record timestamp, as Kafka
+    Streams merges co-partitioned inputs: a user's event produced before a candidate is
+    applied before it, even if the consumer handed the candidates' fetch over first.
+
+    Each topic keeps its own order (the merge only picks the earliest head, so offsets per
+    topic-partition stay monotonic for the re-read bookkeeping); ties go to the topic ranked
+    first in ``rank`` (user events before candidates). The record timestamp stands for event
+    time: it costs no parse here, and a device's skewed clock cannot reorder the stream.
+    """
+    queues: dict[int, dict[str, list[Any]]] = defaultdict(dict)
+    for event in events:
+        message = event.message
+        queues[message.partition].setdefault(message.topic, []).append(event)
+    merged: list[Any] = []
+    for topics in queues.values():
+        if len(topics) == 1:
+            merged += next(iter(topics.values()))
+            continue
+        ordered = [topics[topic] for topic in sorted(topics, key=lambda t: rank.get(t, len(rank)))]
+        merged += heapq.merge(*ordered, key=lambda event: event.message.timestamp or 0.0)
+    return merged
+
+
 class PushflowWorker:
     """One worker process: the Faust app, its topics, table, agents, metrics and model."""
 
@@ -158,7 +199,8 @@ class PushflowWorker:
         self.metrics = Metrics(self.registry)
         self.models = ModelHolder(fresh_model(settings))
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
-        # Event time per partition (newest input seen); derived, rebuilt from traffic.
+        # Event time per partition, the clock of its ticks (see _advance_clock); derived,
+        # rebuilt from the traffic read after a start or an assignment.
         self.watermarks: dict[int, int] = {}
         self.due: dict[int, set[bytes]] = defaultdict(set)
         self.due_built = False
@@ -179,6 +221,7 @@ class PushflowWorker:
             TICKS: settings.topic("ticks_topic"),
         }
         self.kinds = {topic: kind for kind, topic in self.topics_by_kind.items()}
+        self.kind_rank = {topic: n for n, topic in enumerate(self.topics_by_kind.values())}
         self.batch = self._new_batch()
         self._write_lock = asyncio.Lock()
         keep_member_id_on_illegal_generation()
@@ -306,7 +349,7 @@ class PushflowWorker:
         taken = cast(faust.Stream, stream).take_events(settings.batch_max, settings.batch_wait_s)
         async for events in taken:
             batch = self.batch
-            for event in events:
+            for event in in_record_time_order(events, self.kind_rank):
                 self._apply(event.message, batch)
             batch.inputs += len(events)
             self._publish_counts()
@@ -387,6 +430,7 @@ class PushflowWorker:
         except ContractError as exc:
             self._dead_letter(message, exc, batch)
             return
+        self._advance_clock(message, parsed)
         key = message.key or b""  # the contract checked it is the user id
         state = batch.states.get(key) or self.table.data.get(key) or UserState(parsed.user_id)
         if already_applied(state, kind, offset):
@@ -395,7 +439,7 @@ class PushflowWorker:
         state.partition = partition
         try:
             if kind == CANDIDATES:
-                out = self.decider.on_candidate(state, parsed)
+                out = self.decider.on_candidate(state, parsed, arrival_ms(message))
             else:
                 out = self.decider.on_event(state, parsed)
         except Exception as exc:  # a bug: surface it loudly, keep the partition moving
@@ -503,8 +547,17 @@ class PushflowWorker:
             return parse_candidate(raw or b"", key, limit, latest_ms)
         return parse_user_event(raw or b"", key, limit, latest_ms)
 
+    def _advance_clock(self, message: Any, parsed: Any) -> None:
+        """Move the partition's clock to this input's event time, but no further than its
+        record's broker timestamp plus ``max_clock_skew_s``: the clock expires every user's
+        labels and releases their held pushes, so one device's clock must not move it."""
+        event_ms = parsed.created_at_ms if isinstance(parsed, Candidate) else parsed.event_time_ms
+        bounded = min(event_ms, record_time_ms(message) + self.settings.max_clock_skew_s * 1000)
+        partition = message.partition
+        if bounded > self.watermarks.get(partition, 0):
+            self.watermarks[partition] = bounded
+
     def _track(self, partition: int, key: bytes, state: UserState) -> None:
-        self.watermarks[partition] = max(self.watermarks.get(partition, 0), state.watermark_ms)
         if state.pending or state.outbox or any(e[0] == TICKS for e in state.unconfirmed):
             self.due[partition].add(key)
         else:

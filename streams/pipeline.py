@@ -28,6 +28,7 @@ from streams.features import (
     model_features,
     observe_activity,
     record_send,
+    report_zone,
 )
 from streams.model import PushModel
 from streams.outbox import (
@@ -127,7 +128,7 @@ class Decider:
             return StepOutput(ignored="too_late")
         out = self.on_tick(state, max(event.event_time_ms, state.watermark_ms))
         if event.is_feedback:
-            state.tz = event.tz
+            report_zone(state, event.tz, event.event_time_ms)
             ignored, examples = on_feedback(state, event)
             out.ignored = ignored
             out.examples += examples
@@ -135,8 +136,15 @@ class Decider:
             observe_activity(state, event.event_time_ms, event.tz)
         return out
 
-    def on_candidate(self, state: UserState, candidate: Candidate) -> StepOutput:
+    def on_candidate(
+        self, state: UserState, candidate: Candidate, arrival_ms: int | None = None
+    ) -> StepOutput:
         """Score, decide, and remember what is needed to learn from the outcome.
+
+        ``arrival_ms`` is when the candidate reached the worker (its record's broker
+        timestamp): the decision is made then, never earlier, so a late candidate is not
+        dated in the past and one that expired on the way is suppressed (see
+        :func:`decision_time`).
 
         A candidate already decided (an upstream duplicate, or a re-read after a crash on state
         that kept the first pass) changes nothing and emits nothing: its first decision record
@@ -144,8 +152,8 @@ class Decider:
         """
         if candidate.candidate_id in state.decided:
             return StepOutput(ignored="duplicate_candidate")
-        now = max(candidate.created_at_ms, state.watermark_ms)
-        if candidate.tz:
+        now = decision_time(state, candidate, arrival_ms)
+        if candidate.tz and state.tz_reported_ms is None:  # the device's own report wins
             state.tz = candidate.tz
         out = self.on_tick(state, now)
         model = self.model
@@ -259,6 +267,24 @@ class Decider:
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
         return StepOutput(decisions=[record], intents=[intent])
+
+
+def decision_time(state: UserState, candidate: Candidate, arrival_ms: int | None) -> int:
+    """When ``candidate`` is decided: at its arrival, and not before it was created.
+
+    Without an arrival (a log that did not record one) it falls back to event time, the
+    newer of its creation and the user's own watermark. With one, the user's watermark does
+    not count: it may run ahead on a skewed device, and the push can go out no earlier than
+    it arrived anyway, so expiry and quiet hours are judged then.
+
+    >>> c = Candidate("c1", "u1", "trending", "v1", created_at_ms=1_000, expires_at_ms=9_000)
+    >>> s = UserState("u1", watermark_ms=5_000)
+    >>> decision_time(s, c, None), decision_time(s, c, 3_000), decision_time(s, c, 500)
+    (5000, 3000, 1000)
+    """
+    if arrival_ms is None:
+        return max(candidate.created_at_ms, state.watermark_ms)
+    return max(candidate.created_at_ms, arrival_ms)
 
 
 def _decision_record(

@@ -90,6 +90,9 @@ class Settings:
     max_message_bytes: int = 65536
     late_tolerance_s: int = 7 * 24 * 3600
     max_future_s: int = 24 * 3600
+    # how far event time may run ahead of its record's broker timestamp and still move the
+    # partition's clock (ticks: label expiry, held pushes of silent users)
+    max_clock_skew_s: int = 300
     # --- model and learning
     threshold: float = 0.08
     attribution_window_s: int = 3600

@@ -43,6 +43,27 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
         yield running
 
 
+def produced_at(value: bytes) -> int | None:
+    """The broker timestamp a test message is produced with: its own event time, as if the
+    upstream service sent it as it happened (the tests' event times are not today, and the
+    worker decides a candidate no earlier than its record's timestamp); None, the producer's
+    clock, for a payload that names no time."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    at = obj.get("event_time_ms", obj.get("created_at_ms"))
+    return at if isinstance(at, int) and not isinstance(at, bool) and at > 0 else None
+
+
+def stamped(value: bytes, timestamp: int | None = None) -> dict[str, int]:
+    """``produce`` keyword arguments: the given timestamp, else :func:`produced_at`'s."""
+    at = produced_at(value) if timestamp is None else timestamp
+    return {} if at is None else {"timestamp": at}
+
+
 @dataclass
 class Deployment:
     """Topics under a unique prefix on a real broker, plus helpers to drive and read them."""
@@ -63,7 +84,8 @@ class Deployment:
         """(logical topic field, key, raw value) triples, flushed before returning."""
         producer = Producer(producer_config(self.settings))
         for topic_field, key, value in messages:
-            producer.produce(self.settings.topic(topic_field), key=key, value=value)
+            producer.produce(self.settings.topic(topic_field), key=key, value=value,
+                             **stamped(value))
         assert producer.flush(30) == 0
 
     def read(

@@ -425,3 +425,68 @@ def test_a_critical_push_at_night_goes_out_at_once_by_default() -> None:
     out = valid(decider.on_candidate(state, candidate("login", night, ttl_h=0.1, critical=True)))
     assert actions(out) == [("send", "critical")]
     assert out.intents[0]["send_at_ms"] == night and state.outbox == {}
+
+
+# --- decided when it arrived ----------------------------------------------------------------
+
+
+def test_a_late_candidate_is_decided_when_it_arrived_not_at_the_users_last_event() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="UTC")
+    noon = utc(2026, 6, 10, 12)
+    decider.on_event(state, UserEvent("e1", "u1", "app_open", noon, "UTC"))
+    arrived = noon + int(2.5 * MS_HOUR)  # created at noon, reached the worker 2.5 h later
+    out = valid(decider.on_candidate(state, candidate("c1", noon, ttl_h=8), arrived))
+    assert actions(out) == [("send", "above_threshold")]
+    assert out.decisions[0]["decided_at_ms"] == arrived
+    assert out.intents[0]["send_at_ms"] == arrived == out.intents[0]["decided_at_ms"]
+
+
+def test_a_candidate_expired_on_arrival_is_suppressed_even_for_a_user_with_no_state() -> None:
+    decider = HourScored(PushModel(), CONFIG)
+    now = utc(2026, 6, 10, 12)
+    stale = candidate("c1", now - 3 * MS_DAY, ttl_h=6)
+    out = valid(decider.on_candidate(UserState("u1"), stale, now))
+    assert actions(out) == [("suppress", "expired")] and not out.intents
+
+
+def test_a_late_held_push_is_planned_from_its_arrival() -> None:
+    """Arriving at 23:30 local (created at 21:00), it is held until 08:00, not sent at 21:00."""
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    created = at("Europe/Berlin", 2026, 6, 10, 21)
+    arrived = at("Europe/Berlin", 2026, 6, 10, 23, 30)
+    out = valid(decider.on_candidate(state, candidate("c1", created, ttl_h=14), arrived))
+    assert actions(out) == [("hold", "quiet_hours")]
+    assert out.decisions[0]["send_at_ms"] == at("Europe/Berlin", 2026, 6, 11, 8)
+    assert out.decisions[0]["decided_at_ms"] == arrived
+
+
+# --- whose zone ------------------------------------------------------------------------------
+
+
+def test_the_zone_the_device_reported_wins_over_the_candidates_older_one() -> None:
+    """A traveller's phone says Tokyo; upstream still has New York on the candidate. At
+    02:00 in Tokyo the push waits for 08:00 Tokyo, it does not go out as 13:00 in New York."""
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    night = at("Asia/Tokyo", 2026, 6, 11, 2)
+    decider.on_event(state, UserEvent("e1", "u1", "app_open", night - MS_HOUR, "Asia/Tokyo"))
+    out = valid(decider.on_candidate(state, candidate("c1", night, ttl_h=12,
+                                                      tz="America/New_York")))
+    assert actions(out) == [("hold", "quiet_hours")] and state.tz == "Asia/Tokyo"
+    assert out.decisions[0]["send_at_ms"] == at("Asia/Tokyo", 2026, 6, 11, 8)
+
+
+def test_an_older_event_read_late_does_not_move_the_zone_back() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    noon = utc(2026, 6, 10, 12)
+    decider.on_event(state, UserEvent("e2", "u1", "app_open", noon, "Asia/Tokyo"))
+    decider.on_event(state, UserEvent("e1", "u1", "push_dismissed", noon - MS_HOUR,
+                                      "America/New_York", "unknown"))
+    decider.on_event(state, UserEvent("e0", "u1", "like", noon - 2 * MS_HOUR, "America/New_York"))
+    assert state.tz == "Asia/Tokyo"
+
+
+def test_a_candidates_zone_stands_in_until_the_device_reports_one() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    night = at("Asia/Tokyo", 2026, 6, 11, 2)
+    out = decider.on_candidate(state, candidate("c1", night, ttl_h=12, tz="Asia/Tokyo"))
+    assert actions(out) == [("hold", "quiet_hours")] and state.tz == "Asia/Tokyo"
