@@ -432,7 +432,8 @@ class PushflowWorker:
             return
         self._advance_clock(message, parsed)
         key = message.key or b""  # the contract checked it is the user id
-        state = batch.states.get(key) or self.table.data.get(key) or UserState(parsed.user_id)
+        state = (batch.states.get(key) or self.table.data.get(key)
+                 or UserState(parsed.user_id, tz_known=False))
         if already_applied(state, kind, offset):
             self._reemit(key, state, kind, offset, batch)
             return

@@ -57,6 +57,8 @@ class UserState:
     user_id: str
     tz: str = "UTC"
     tz_reported_ms: int | None = None  # event time of the device report that set ``tz``
+    # False for a user the worker knows nothing about yet: ``tz`` is only the default then
+    tz_known: bool = True
     partition: int = -1
     watermark_ms: int = 0
     last_active_ms: int | None = None
@@ -124,7 +126,7 @@ def report_zone(state: UserState, tz: str, at_ms: int) -> None:
     ('Asia/Tokyo', 2000)
     """
     if state.tz_reported_ms is None or at_ms >= state.tz_reported_ms:
-        state.tz, state.tz_reported_ms = tz, at_ms
+        state.tz, state.tz_reported_ms, state.tz_known = tz, at_ms, True
 
 
 def observe_activity(state: UserState, at_ms: int, tz: str) -> None:

@@ -38,6 +38,9 @@ from streams.outbox import (
     hold_entry,
     release_stop,
     reschedule_after_quiet_hours,
+    until_zone_known,
+    wait_for_zone,
+    zone_reported,
 )
 from streams.policy import (
     HOLD,
@@ -134,6 +137,8 @@ class Decider:
             out.examples += examples
         else:
             observe_activity(state, event.event_time_ms, event.tz)
+        if state.outbox and zone_reported(state):
+            out.extend(self.on_tick(state, state.watermark_ms))
         return out
 
     def on_candidate(
@@ -154,7 +159,7 @@ class Decider:
             return StepOutput(ignored="duplicate_candidate")
         now = decision_time(state, candidate, arrival_ms)
         if candidate.tz and state.tz_reported_ms is None:  # the device's own report wins
-            state.tz = candidate.tz
+            state.tz, state.tz_known = candidate.tz, True
         out = self.on_tick(state, now)
         model = self.model
         features = model_features(state, candidate, now)
@@ -164,8 +169,13 @@ class Decider:
         if decision.scores is None and scores is not None:  # holdout: logged, not used
             decision = dataclasses.replace(decision, scores=scores)
         state.decided[candidate.candidate_id] = candidate.expires_at_ms
+        unknown = not (candidate.critical or state.tz_known)
+        if unknown and decision.action != SUPPRESS:
+            decision = until_zone_known(decision, candidate)
         if decision.action == HOLD:
             decision = self._hold(state, candidate, decision, now, out)
+            if unknown and decision.action == HOLD:
+                wait_for_zone(state.outbox[candidate.intent_id])
         out.decisions.append(_decision_record(candidate, decision, scores, now))
         if decision.action == SEND:
             out.intents.append(self._send(state, candidate, decision, scores, features, now))

@@ -340,7 +340,7 @@ class Replayer:
             self._sweep()
 
     def _step(self, message: UserEvent | Candidate, arrival_ms: int | None = None) -> None:
-        state = self.states.get(message.user_id) or UserState(message.user_id)
+        state = self.states.get(message.user_id) or UserState(message.user_id, tz_known=False)
         try:
             if isinstance(message, Candidate):
                 out = self.decider.on_candidate(state, message, arrival_ms)

@@ -490,3 +490,50 @@ def test_a_candidates_zone_stands_in_until_the_device_reports_one() -> None:
     night = at("Asia/Tokyo", 2026, 6, 11, 2)
     out = decider.on_candidate(state, candidate("c1", night, ttl_h=12, tz="Asia/Tokyo"))
     assert actions(out) == [("hold", "quiet_hours")] and state.tz == "Asia/Tokyo"
+
+
+def stranger() -> UserState:
+    """A user the worker knows nothing about yet (as it creates one for a new key)."""
+    return UserState("u1", tz_known=False)
+
+
+def test_a_zoneless_candidate_for_a_user_of_unknown_zone_waits_for_the_devices_zone() -> None:
+    """Noon in UTC is midnight in Auckland: not knowing the zone, the push is held (quiet
+    hours assumed) instead of sent in UTC; the user's event names Auckland, so it waits for
+    08:00 there, and goes out then."""
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    held = valid(decider.on_candidate(state, candidate("c1", noon, ttl_h=12)))
+    assert actions(held) == [("hold", "quiet_hours")] and not held.intents
+    named = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000,
+                                                    "Pacific/Auckland")))
+    assert named.decisions == [] and named.intents == []
+    morning = at("Pacific/Auckland", 2026, 6, 11, 8)
+    assert [e["send_at_ms"] for e in state.outbox.values()] == [morning]
+    out = valid(decider.on_tick(state, morning))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == morning
+
+
+def test_a_push_held_for_the_zone_goes_out_when_the_zone_named_is_in_daytime() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    decider.on_candidate(state, candidate("c1", noon, ttl_h=12))
+    out = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000, "UTC")))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == noon + 60_000
+
+
+def test_a_push_held_for_a_zone_never_named_expires_unsent() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    decider.on_candidate(state, candidate("c1", noon, ttl_h=2))
+    assert valid(decider.on_tick(state, noon + 2 * MS_HOUR)).decisions == []
+    out = valid(decider.on_tick(state, noon + 2 * MS_HOUR + 1))
+    assert actions(out) == [("suppress", "expired")] and state.outbox == {}
+
+
+def test_a_critical_push_or_a_candidates_zone_needs_no_device_report() -> None:
+    decider, noon = HourScored(PushModel(), CONFIG), utc(2026, 6, 10, 12)
+    out = decider.on_candidate(stranger(), candidate("k1", noon, critical=True))
+    assert actions(out) == [("send", "critical")]
+    out = decider.on_candidate(stranger(), candidate("c1", noon, tz="Europe/Berlin"))
+    assert actions(out) == [("send", "above_threshold")]

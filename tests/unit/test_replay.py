@@ -209,7 +209,7 @@ def worker_decisions(
         except ContractError:
             continue
         key = key or b""  # the contract checked it is the user id
-        state = table.get(key) or UserState(parsed.user_id)
+        state = table.get(key) or UserState(parsed.user_id, tz_known=False)
         if isinstance(parsed, Candidate):
             out = decider.on_candidate(state, parsed)
         else:
