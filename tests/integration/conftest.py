@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from streams.admin import ensure_topics
+from streams.admin import TopicSpec, ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.demo import WorkerProcess, scrape
 from streams.settings import Settings
@@ -133,6 +134,15 @@ def wait_for_metrics(
     raise AssertionError(f"metrics condition not met in {timeout}s: {figures}")
 
 
+def kept_forever(specs: dict[str, TopicSpec], settings: Settings) -> dict[str, TopicSpec]:
+    """The input topics without time retention: messages are produced at their event times
+    (:func:`produced_at`), months ago, and a broker that applies retention by timestamp
+    (noida) would hide them from a consumer that starts at the earliest offset."""
+    inputs = {settings.topic("user_events_topic"), settings.topic("candidates_topic")}
+    return {name: dataclasses.replace(spec, config={**spec.config, "retention.ms": "-1"})
+            if name in inputs else spec for name, spec in specs.items()}
+
+
 @pytest.fixture
 def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
@@ -142,7 +152,8 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
         "PUSHFLOW_APP_ID": f"pushflow-{prefix.rstrip('-')}",
     }
     settings = Settings.from_env(env, broker=broker.url)
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings), timeout=30)
+    ensure_topics(settings.bootstrap_servers, kept_forever(topic_specs(settings), settings),
+                  timeout=30)
     running = Deployment(settings=settings, env=env, workdir=tmp_path)
     yield running
     for worker in running.workers:
