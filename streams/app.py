@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from streams.config import decider_config, fresh_model
 from streams.contracts import (
     DEAD_LETTER_RESERVE,
+    Candidate,
     ContractError,
     dead_letter,
     dead_letter_key,
@@ -178,6 +180,45 @@ class Batch:
                      candidates=self.candidates + later.candidates)
 
 
+def record_time_ms(message: Any) -> int:
+    """The broker timestamp of an input's record (Faust gives seconds); the worker's clock
+    when the record has none."""
+    stamp = message.timestamp
+    if not stamp or stamp <= 0:
+        return int(time.time() * 1000)
+    return round(stamp * 1000)
+
+
+def arrival_ms(message: Any) -> int:
+    """When an input reached the worker: its record's timestamp, bounded by this worker's
+    clock (a producer's clock ahead cannot date it in the future)."""
+    return min(record_time_ms(message), int(time.time() * 1000))
+
+
+def in_record_time_order(events: Iterable[Any], rank: dict[str, int]) -> list[Any]:
+    """A taken list with each partition's input topics merged by record timestamp, as Kafka
+    Streams merges co-partitioned inputs: a user's event produced before a candidate is
+    applied before it, even if the consumer handed the candidates' fetch over first.
+
+    Each topic keeps its own order (the merge only picks the earliest head, so offsets per
+    topic-partition stay monotonic for the re-read bookkeeping); ties go to the topic ranked
+    first in ``rank`` (user events before candidates). The record timestamp stands for event
+    time: it costs no parse here, and a device's skewed clock cannot reorder the stream.
+    """
+    queues: dict[int, dict[str, list[Any]]] = defaultdict(dict)
+    for event in events:
+        message = event.message
+        queues[message.partition].setdefault(message.topic, []).append(event)
+    merged: list[Any] = []
+    for topics in queues.values():
+        if len(topics) == 1:
+            merged += next(iter(topics.values()))
+            continue
+        ordered = [topics[topic] for topic in sorted(topics, key=lambda t: rank.get(t, len(rank)))]
+        merged += heapq.merge(*ordered, key=lambda event: event.message.timestamp or 0.0)
+    return merged
+
+
 class PushflowWorker:
     """One worker process: the Faust app, its topics, table, agents, metrics and model."""
 
@@ -189,7 +230,8 @@ class PushflowWorker:
         self.models = ModelHolder(fresh_model(settings), settings.snapshot_key,
                                   on_refused=lambda reason: refused.labels(reason=reason).inc())
         self.decider = Decider(lambda: self.models.serving, decider_config(settings))
-        # Event time per partition (newest input seen); derived, rebuilt from traffic.
+        # Event time per partition, the clock of its ticks (see _advance_clock); derived,
+        # rebuilt from the traffic read after a start or an assignment.
         self.watermarks: dict[int, int] = {}
         self.due: dict[int, set[bytes]] = defaultdict(set)
         self.due_built = False
@@ -210,6 +252,7 @@ class PushflowWorker:
             TICKS: settings.topic("ticks_topic"),
         }
         self.kinds = {topic: kind for kind, topic in self.topics_by_kind.items()}
+        self.kind_rank = {topic: n for n, topic in enumerate(self.topics_by_kind.values())}
         self.batch = self._new_batch()
         self._write_lock = asyncio.Lock()
         keep_member_id_on_illegal_generation()
@@ -360,7 +403,7 @@ class PushflowWorker:
         taken = cast(faust.Stream, stream).take_events(settings.batch_max, settings.batch_wait_s)
         async for events in taken:
             batch = self.batch
-            for event in events:
+            for event in in_record_time_order(events, self.kind_rank):
                 self._apply(event.message, batch)
             batch.inputs += len(events)
             self._publish_counts()
@@ -441,15 +484,17 @@ class PushflowWorker:
         except ContractError as exc:
             self._dead_letter(message, exc, batch)
             return
+        self._advance_clock(message, parsed)
         key = message.key or b""  # the contract checked it is the user id
-        state = batch.states.get(key) or self.table.data.get(key) or UserState(parsed.user_id)
+        state = (batch.states.get(key) or self.table.data.get(key)
+                 or UserState(parsed.user_id, tz_known=False))
         if already_applied(state, kind, offset):
             self._reemit(key, state, kind, offset, batch)
             return
         state.partition = partition
         try:
             if kind == CANDIDATES:
-                out = self.decider.on_candidate(state, parsed)
+                out = self.decider.on_candidate(state, parsed, arrival_ms(message))
             else:
                 out = self.decider.on_event(state, parsed)
         except Exception as exc:  # a bug: surface it loudly, keep the partition moving
@@ -516,8 +561,9 @@ class PushflowWorker:
         except ContractError as exc:
             self._dead_letter(message, exc, batch)
             return
-        if self._tick_ahead(partition, now_ms):
+        if self._tick_ahead(message, now_ms):
             self._count_input(message.topic, "tick_ahead")
+            self._reemit_tick(partition, offset, batch)
             return
         for key in list(self.due[partition]):
             state = batch.states.get(key) or self.table.data.get(key)
@@ -535,7 +581,17 @@ class PushflowWorker:
                 elif not (state.pending or state.outbox):
                     self.due[partition].discard(key)  # its stored tick outputs went out
 
-    def _tick_ahead(self, partition: int, now_ms: int) -> bool:
+    def _reemit_tick(self, partition: int, offset: int, batch: Batch) -> None:
+        """What a refused tick emitted before a crash still goes out: refusing it moves no
+        time, but the outputs its first pass stored in users' states were decided already."""
+        for key in list(self.due[partition]):
+            state = batch.states.get(key) or self.table.data.get(key)
+            if state is not None and state.partition == partition and already_applied(
+                state, TICKS, offset
+            ):
+                batch.add(key, stored(state, TICKS, offset))
+
+    def _tick_ahead(self, message: Any, now_ms: int) -> bool:
         """Whether a tick would move event time further than the partition's inputs took it
         (plus TICK_LEAD_MS): one written by anyone else, say for 2100, must not expire every
         label and held push of the partition. It moves nothing and is counted (ignored,
@@ -543,9 +599,15 @@ class PushflowWorker:
         lead for a moment after a crash lost the state write it came from, until the input
         is read again."""
         if not self.due_built and self._recovered():
-            self._rebuild_due_index()  # the watermarks of partitions assigned since
+            self._rebuild_due_index()  # the users of partitions assigned since
+        partition = message.partition
         limit = self.watermarks.get(partition)
         if limit is not None and now_ms <= limit + TICK_LEAD_MS:
+            return False
+        skew_ms = self.settings.max_clock_skew_s * 1000
+        if limit is None and now_ms <= arrival_ms(message) + skew_ms:
+            # no input read since the start: the partition clock is bounded like an input's
+            # (its record time plus the skew), so the ticks a crash left are still applied
             return False
         log.warning("passed over a tick to %d on partition %d: its inputs reached %s",
                     now_ms, partition, "no event time yet" if limit is None else limit)
@@ -576,8 +638,17 @@ class PushflowWorker:
             return parse_candidate(raw or b"", key, limit, latest_ms)
         return parse_user_event(raw or b"", key, limit, latest_ms)
 
+    def _advance_clock(self, message: Any, parsed: Any) -> None:
+        """Move the partition's clock to this input's event time, but no further than its
+        record's broker timestamp plus ``max_clock_skew_s``: the clock expires every user's
+        labels and releases their held pushes, so one device's clock must not move it."""
+        event_ms = parsed.created_at_ms if isinstance(parsed, Candidate) else parsed.event_time_ms
+        bounded = min(event_ms, record_time_ms(message) + self.settings.max_clock_skew_s * 1000)
+        partition = message.partition
+        if bounded > self.watermarks.get(partition, 0):
+            self.watermarks[partition] = bounded
+
     def _track(self, partition: int, key: bytes, state: UserState) -> None:
-        self.watermarks[partition] = max(self.watermarks.get(partition, 0), state.watermark_ms)
         if state.pending or state.outbox or any(e[0] == TICKS for e in state.unconfirmed):
             self.due[partition].add(key)
         else:

@@ -206,7 +206,8 @@ class _Run:
 
     def _feed(self, topic: str, message: dict[str, Any]) -> StepOutput:
         user_id = message["user_id"]
-        state = self.states.get(user_id) or self.states.setdefault(user_id, UserState(user_id))
+        state = self.states.get(user_id) or self.states.setdefault(
+            user_id, UserState(user_id, tz_known=False))
         if topic == CANDIDATES:
             candidate = Candidate(**{k: message[k] for k in _CANDIDATE_FIELDS if k in message})
             return self.decider.on_candidate(state, candidate)

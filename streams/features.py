@@ -59,6 +59,9 @@ class UserState:
 
     user_id: str
     tz: str = "UTC"
+    tz_reported_ms: int | None = None  # event time of the device report that set ``tz``
+    # False for a user the worker knows nothing about yet: ``tz`` is only the default then
+    tz_known: bool = True
     partition: int = -1
     watermark_ms: int = 0
     last_active_ms: int | None = None
@@ -118,9 +121,22 @@ class UserState:
             self.resolved = {i: t for i, t in self.resolved.items() if t > day_ago}
 
 
+def report_zone(state: UserState, tz: str, at_ms: int) -> None:
+    """The user's device reported zone ``tz`` at event time ``at_ms``: the freshest report
+    wins, so an older event read late does not move a traveller back.
+
+    >>> s = UserState("u1")
+    >>> report_zone(s, "Asia/Tokyo", 2_000); report_zone(s, "Europe/Berlin", 1_000)
+    >>> s.tz, s.tz_reported_ms
+    ('Asia/Tokyo', 2000)
+    """
+    if state.tz_reported_ms is None or at_ms >= state.tz_reported_ms:
+        state.tz, state.tz_reported_ms, state.tz_known = tz, at_ms, True
+
+
 def observe_activity(state: UserState, at_ms: int, tz: str) -> None:
     """Count one activity event at event time ``at_ms`` in the user's windows and profile."""
-    state.tz = tz
+    report_zone(state, tz, at_ms)
     state.advance(at_ms)
     for name, width, count in WINDOWS:
         bucket = at_ms // width

@@ -28,7 +28,7 @@ from typing import Any
 from streams.contracts import Candidate
 from streams.features import MS_DAY, UserState
 from streams.guardrails import guardrail, held_priority, in_quiet_hours, quiet_hours_end
-from streams.policy import Decision, PolicyConfig, Scores
+from streams.policy import HOLD, Decision, PolicyConfig, Scores
 
 
 def hold_entry(candidate: Candidate, decision: Decision, decided_at_ms: int) -> dict[str, Any]:
@@ -45,6 +45,34 @@ def _decision_fields(decision: Decision) -> dict[str, Any]:
     fields = dataclasses.asdict(decision)
     del fields["displaces"]  # what it displaced is done; a tuple would come back as a list
     return fields
+
+
+ZONE_UNKNOWN = "zone_unknown"  # outbox entry flag: held until the user's zone is known
+
+
+def until_zone_known(decision: Decision, candidate: Candidate) -> Decision:
+    """No zone is known for the user: quiet hours are assumed, so a push that would go out
+    (now or later) is held instead, at the latest until it expires, for the user's device to
+    name its zone (:func:`zone_reported`); it is then released or held by that zone's rules."""
+    return dataclasses.replace(
+        decision, action=HOLD, reason="quiet_hours", send_at_ms=candidate.expires_at_ms,
+        displaces=(),
+    )
+
+
+def wait_for_zone(entry: dict[str, Any]) -> None:
+    """Due only once it has expired (then dropped as expired), unless a zone is reported."""
+    entry[ZONE_UNKNOWN] = True
+    entry["send_at_ms"] = entry["candidate"]["expires_at_ms"] + 1
+
+
+def zone_reported(state: UserState) -> bool:
+    """The user's device named its zone: pushes held for it are due from their decision
+    time on (the release checks apply in the zone now known). Whether any were waiting."""
+    waiting = [entry for entry in state.outbox.values() if entry.pop(ZONE_UNKNOWN, False)]
+    for entry in waiting:
+        entry["send_at_ms"] = entry["decided_at_ms"]
+    return bool(waiting)
 
 
 def held_candidate(entry: dict[str, Any]) -> Candidate:
@@ -79,14 +107,22 @@ def release_stop(
     sent_at = state.recent_content.get(candidate.content_id)
     if sent_at is not None and now_ms - sent_at < MS_DAY:
         return "duplicate"
-    if candidate.critical:
-        return None if config.critical_in_quiet_hours else _quiet(state, now_ms, config)
+    if candidate.critical:  # quiet hours only if a setting asks, and never past expiry
+        if config.critical_in_quiet_hours:
+            return None
+        return _quiet_critical(state, candidate, now_ms, config)
     return guardrail(state, now_ms, config) or _better_nearby(state, intent_id, now_ms, config)
 
 
-def _quiet(state: UserState, now_ms: int, config: PolicyConfig) -> str | None:
-    quiet = in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour)
-    return "quiet_hours" if quiet else None
+def _quiet_critical(
+    state: UserState, candidate: Candidate, now_ms: int, config: PolicyConfig
+) -> str | None:
+    """A critical push waits out quiet hours only if they end before it expires (it is then
+    rescheduled); otherwise it goes now rather than be lost."""
+    if not in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour):
+        return None
+    later = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
+    return "quiet_hours" if later <= candidate.expires_at_ms else None
 
 
 def _better_nearby(

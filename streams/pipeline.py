@@ -31,6 +31,7 @@ from streams.features import (
     observe_activity,
     record_send,
     remember_decided,
+    report_zone,
     was_decided,
 )
 from streams.model import PushModel
@@ -41,6 +42,9 @@ from streams.outbox import (
     hold_entry,
     release_stop,
     reschedule_after_quiet_hours,
+    until_zone_known,
+    wait_for_zone,
+    zone_reported,
 )
 from streams.policy import (
     HOLD,
@@ -139,27 +143,36 @@ class Decider:
             return StepOutput(ignored="too_late")
         out = self.on_tick(state, max(event.event_time_ms, state.watermark_ms))
         if event.is_feedback:
-            state.tz = event.tz
+            report_zone(state, event.tz, event.event_time_ms)
             ignored, examples = on_feedback(state, event)
             out.ignored = ignored
             out.examples += examples
         else:
             observe_activity(state, event.event_time_ms, event.tz)
+        if state.outbox and zone_reported(state):
+            out.extend(self.on_tick(state, state.watermark_ms))
         return out
 
-    def on_candidate(self, state: UserState, candidate: Candidate) -> StepOutput:
+    def on_candidate(
+        self, state: UserState, candidate: Candidate, arrival_ms: int | None = None
+    ) -> StepOutput:
         """Score, decide, and remember what is needed to learn from the outcome.
+
+        ``arrival_ms`` is when the candidate reached the worker (its record's broker
+        timestamp): the decision is made then, never earlier, so a late candidate is not
+        dated in the past and one that expired on the way is suppressed (see
+        :func:`decision_time`).
 
         A candidate already decided (an upstream duplicate, a re-send after its expiry, or a
         re-read after a crash on state that kept the first pass) changes nothing and emits
         nothing: its first final decision record stands, so there is one per candidate id of a
         user for as long as the id is remembered (``DeciderConfig.decided_horizon_ms``).
         """
-        now = max(candidate.created_at_ms, state.watermark_ms)
+        now = decision_time(state, candidate, arrival_ms)
         if was_decided(state, candidate.candidate_id, now):
             return StepOutput(ignored="duplicate_candidate")
-        if candidate.tz:
-            state.tz = candidate.tz
+        if candidate.tz and state.tz_reported_ms is None:  # the device's own report wins
+            state.tz, state.tz_known = candidate.tz, True
         out = self.on_tick(state, now)
         model = self.model
         features = model_features(state, candidate, now)
@@ -171,8 +184,13 @@ class Decider:
         # a candidate living longer than the horizon is still remembered until it expires
         until = max(now + self.config.decided_horizon_ms, candidate.expires_at_ms)
         remember_decided(state, candidate.candidate_id, until, self.config.decided_limit)
+        unknown = not (candidate.critical or state.tz_known)
+        if unknown and decision.action != SUPPRESS:
+            decision = until_zone_known(decision, candidate)
         if decision.action == HOLD:
             decision = self._hold(state, candidate, decision, now, out)
+            if unknown and decision.action == HOLD:
+                wait_for_zone(state.outbox[candidate.intent_id])
         out.decisions.append(_decision_record(candidate, decision, scores, now))
         if decision.action == SEND:
             out.intents.append(self._send(state, candidate, decision, scores, features, now))
@@ -274,6 +292,24 @@ class Decider:
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
         return StepOutput(decisions=[record], intents=[intent])
+
+
+def decision_time(state: UserState, candidate: Candidate, arrival_ms: int | None) -> int:
+    """When ``candidate`` is decided: at its arrival, and not before it was created.
+
+    Without an arrival (a log that did not record one) it falls back to event time, the
+    newer of its creation and the user's own watermark. With one, the user's watermark does
+    not count: it may run ahead on a skewed device, and the push can go out no earlier than
+    it arrived anyway, so expiry and quiet hours are judged then.
+
+    >>> c = Candidate("c1", "u1", "trending", "v1", created_at_ms=1_000, expires_at_ms=9_000)
+    >>> s = UserState("u1", watermark_ms=5_000)
+    >>> decision_time(s, c, None), decision_time(s, c, 3_000), decision_time(s, c, 500)
+    (5000, 3000, 1000)
+    """
+    if arrival_ms is None:
+        return max(candidate.created_at_ms, state.watermark_ms)
+    return max(candidate.created_at_ms, arrival_ms)
 
 
 def _decision_record(

@@ -85,7 +85,7 @@ class PolicyConfig:
     disable_weight: float = 1.0
     seed: int = 42
     dismiss_weight: float = 0.1
-    critical_in_quiet_hours: bool = False
+    critical_in_quiet_hours: bool = True
     send_time: bool = True
     send_time_min_events: int = 50
     send_time_max_hold_ms: int = 12 * 3_600_000
@@ -230,13 +230,18 @@ def _hard_stop(
 def _critical(
     state: UserState, candidate: Candidate, now_ms: int, holdout: bool, config: PolicyConfig
 ) -> Decision:
-    """Transactional: no model, no caps; quiet hours only unless they are allowed."""
+    """Transactional: no model, no caps, no quiet hours (a login code is wanted now).
+
+    Only with ``critical_in_quiet_hours`` off does a critical push in quiet hours wait for
+    their end, and then only if that comes before it expires: it is never held past its
+    expiry, nor lost to quiet hours, so if the wait would outlast it, it goes now.
+    """
     quiet = in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour)
     if not quiet or config.critical_in_quiet_hours:
         return _decision(SEND, "critical", config, holdout=holdout, send_at=now_ms)
     send_at = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
     if send_at > candidate.expires_at_ms:
-        return _decision(SUPPRESS, "quiet_hours", config, holdout=holdout)
+        return _decision(SEND, "critical", config, holdout=holdout, send_at=now_ms)
     return _decision(HOLD, "quiet_hours", config, holdout=holdout, send_at=send_at)
 
 

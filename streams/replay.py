@@ -82,6 +82,7 @@ class LogRecord:
     raw: bytes
     logged: LoggedAction | None = None
     logging_error: str | None = None
+    arrival_ms: int | None = None  # when the worker read it (the record's broker timestamp)
 
 
 def read_record(line: bytes) -> LogRecord:
@@ -105,11 +106,19 @@ def read_record(line: bytes) -> LogRecord:
     raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
     implied = value.get("user_id") if isinstance(value, dict) else None
     key = obj.get("key", implied)
+    arrival = _arrival(obj.get("arrival_ms"))
     try:
         logged = _logged(obj) if kind == CANDIDATES else None
     except (TypeError, ValueError) as exc:
-        return LogRecord(kind, _key(key), raw, None, str(exc))
-    return LogRecord(kind, _key(key), raw, logged)
+        return LogRecord(kind, _key(key), raw, None, str(exc), arrival)
+    return LogRecord(kind, _key(key), raw, logged, arrival_ms=arrival)
+
+
+def _arrival(value: Any) -> int | None:
+    """The recorded arrival, or None (then event time stands in) unless a positive integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _topic_by_fields(obj: dict[str, Any]) -> str:
@@ -333,17 +342,17 @@ class Replayer:
         opened = isinstance(message, UserEvent) and message.type == "push_opened"
         if opened and message.intent_id in self.logged:  # the reward of a logged send
             self.opened.add(message.intent_id)
-        self._step(message)
+        self._step(message, record.arrival_ms)
         if self.watermark_ms >= self.next_tick_ms:
             self._tick()
         if self.watermark_ms >= self.next_sweep_ms:
             self._sweep()
 
-    def _step(self, message: UserEvent | Candidate) -> None:
-        state = self.states.get(message.user_id) or UserState(message.user_id)
+    def _step(self, message: UserEvent | Candidate, arrival_ms: int | None = None) -> None:
+        state = self.states.get(message.user_id) or UserState(message.user_id, tz_known=False)
         try:
             if isinstance(message, Candidate):
-                out = self.decider.on_candidate(state, message)
+                out = self.decider.on_candidate(state, message, arrival_ms)
             else:
                 out = self.decider.on_event(state, message)
         except Exception as exc:  # a bug: dead-lettered and counted, as the worker does

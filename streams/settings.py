@@ -104,6 +104,9 @@ class Settings:
     # the largest record (key + value) the worker writes: at most what the broker accepts
     # (Kafka's default message.max.bytes is 1048588); bigger dead letters are cut to fit
     max_output_bytes: int = 1_000_000
+    # how far event time may run ahead of its record's broker timestamp and still move the
+    # partition's clock (ticks: label expiry, held pushes of silent users)
+    max_clock_skew_s: int = 300
     # --- model and learning
     threshold: float = 0.08
     attribution_window_s: int = 3600
@@ -122,7 +125,7 @@ class Settings:
     explore_share: float = 0.05
     disable_weight: float = 1.0
     dismiss_weight: float = 0.1
-    critical_in_quiet_hours: bool = False
+    critical_in_quiet_hours: bool = True
     send_time: bool = True
     send_time_min_events: int = 50
     send_time_max_hold_s: int = 12 * 3600

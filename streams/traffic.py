@@ -108,10 +108,15 @@ class TrafficDriver:
         field = "user_events_topic" if logical == "user-events" else "candidates_topic"
         kind = "events" if logical == "user-events" else "candidates"
         value, key = orjson.dumps(message), message["user_id"].encode()
+        # Stamped with its simulated time, as an upstream service sending it as it happens
+        # would: the worker's partition clocks follow these timestamps, and at speed > 1 the
+        # simulated time runs ahead of the wall clock.
+        at = message.get("event_time_ms", message.get("created_at_ms"))
+        stamp = at if isinstance(at, int) and at > 0 else 0  # 0: the producer's clock
         while True:
             try:
                 self._producer.produce(self.settings.topic(field), value=value, key=key,
-                                       on_delivery=self._delivered)
+                                       on_delivery=self._delivered, timestamp=stamp)
                 break
             except BufferError:
                 self._producer.poll(0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from streams.admin import ensure_topics
+from streams.admin import TopicSpec, ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.demo import WorkerProcess, scrape
 from streams.settings import Settings
@@ -43,6 +44,27 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
         yield running
 
 
+def produced_at(value: bytes) -> int | None:
+    """The broker timestamp a test message is produced with: its own event time, as if the
+    upstream service sent it as it happened (the tests' event times are not today, and the
+    worker decides a candidate no earlier than its record's timestamp); None, the producer's
+    clock, for a payload that names no time."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    at = obj.get("event_time_ms", obj.get("created_at_ms"))
+    return at if isinstance(at, int) and not isinstance(at, bool) and at > 0 else None
+
+
+def stamped(value: bytes, timestamp: int | None = None) -> dict[str, int]:
+    """``produce`` keyword arguments: the given timestamp, else :func:`produced_at`'s."""
+    at = produced_at(value) if timestamp is None else timestamp
+    return {} if at is None else {"timestamp": at}
+
+
 @dataclass
 class Deployment:
     """Topics under a unique prefix on a real broker, plus helpers to drive and read them."""
@@ -63,7 +85,8 @@ class Deployment:
         """(logical topic field, key, raw value) triples, flushed before returning."""
         producer = Producer(producer_config(self.settings))
         for topic_field, key, value in messages:
-            producer.produce(self.settings.topic(topic_field), key=key, value=value)
+            producer.produce(self.settings.topic(topic_field), key=key, value=value,
+                             **stamped(value))
         assert producer.flush(30) == 0
 
     def read(
@@ -111,6 +134,15 @@ def wait_for_metrics(
     raise AssertionError(f"metrics condition not met in {timeout}s: {figures}")
 
 
+def kept_forever(specs: dict[str, TopicSpec], settings: Settings) -> dict[str, TopicSpec]:
+    """The input topics without time retention: messages are produced at their event times
+    (:func:`produced_at`), months ago, and a broker that applies retention by timestamp
+    (noida) would hide them from a consumer that starts at the earliest offset."""
+    inputs = {settings.topic("user_events_topic"), settings.topic("candidates_topic")}
+    return {name: dataclasses.replace(spec, config={**spec.config, "retention.ms": "-1"})
+            if name in inputs else spec for name, spec in specs.items()}
+
+
 @pytest.fixture
 def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
@@ -120,7 +152,8 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
         "PUSHFLOW_APP_ID": f"pushflow-{prefix.rstrip('-')}",
     }
     settings = Settings.from_env(env, broker=broker.url)
-    ensure_topics(settings.bootstrap_servers, topic_specs(settings), timeout=30)
+    ensure_topics(settings.bootstrap_servers, kept_forever(topic_specs(settings), settings),
+                  timeout=30)
     running = Deployment(settings=settings, env=env, workdir=tmp_path)
     yield running
     for worker in running.workers:

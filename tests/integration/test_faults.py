@@ -43,7 +43,7 @@ from streams.contracts import intent_id_for
 from streams.demo import WorkerProcess
 from streams.traffic import producer_config
 
-from .conftest import Deployment
+from .conftest import Deployment, stamped
 
 pytestmark = pytest.mark.integration
 
@@ -168,10 +168,12 @@ class Feed:
         self.failed: list[str] = []
         _CLIENTS.append(self)
 
-    def put(self, message: Msg) -> None:
+    def put(self, message: Msg, timestamp: int | None = None) -> None:
+        """Produce at the message's own event time (conftest.stamped) unless told when."""
         topic_field, key, value = message
         self.producer.produce(self.settings.topic(topic_field), key=key, value=value,
-                              on_delivery=self._on_delivery(topic_field, key, value))
+                              on_delivery=self._on_delivery(topic_field, key, value),
+                              **stamped(value, timestamp))
         self.producer.poll(0)
 
     def flush(self) -> None:
@@ -764,10 +766,12 @@ YEAR_2099 = 4_070_908_800_000  # still valid by the schemas (2000..2100)
 
 
 def test_one_far_future_clock_silences_no_one(deployment: Deployment) -> None:
-    """Phones with their clock in 2099 send one event each (one user per partition, likely).
-    Either the worker refuses them (``bad_time``) or the damage stays with those users: no
-    one else's pending label expires, no one's held push is dropped, and the users' own later
-    candidates are still decided on their merits."""
+    """Phones with their clock in 2099 send one event each, and phones two hours ahead (which
+    the worker accepts: within ``max_future_s``) one each, produced at the true time (one user
+    per partition, likely). The 2099 ones are refused (``bad_time``); the damage of the others
+    stays with those users: no one else's pending label expires, no one else's candidate is
+    judged expired, no one's held push is dropped, and the users' own later candidates are
+    still decided on their merits."""
     worker = deployment.start_worker()
     traffic, feed = Traffic("c", users=16, rounds=1), Feed(deployment)
     feed.send(traffic.messages())
@@ -776,19 +780,30 @@ def test_one_far_future_clock_silences_no_one(deployment: Deployment) -> None:
     day = {traffic.user(i) for i in traffic.day_users}
     sent = [i for i in intents.drain() if i["user_id"] in day]
     clocks = [f"clock-{n}" for n in range(8)]
+    ahead = [f"ahead-{n}" for n in range(8)]
+    true_time = NOON + 20 * MINUTE
     feed.send(event(user, "bad-clock", YEAR_2099) for user in clocks)
+    for user in ahead:
+        feed.put(event(user, "ahead-clock", true_time + 2 * HOUR), timestamp=true_time)
+    feed.flush()
     wait_until(lambda: sum(input_counts(worker).values()) >= feed.count(), 30,
-               "the far-future events are read")
+               "the skewed events are read")
+    ticks = Tail(deployment, "ticks_topic")
+    assert ticks.wait(lambda r: any(t["now_ms"] >= true_time for t in r), 30), \
+        "no tick after the skewed events"
+    brief = {f"{i['user_id']}-brief": i["user_id"] for i in sent}  # 30 minutes to live
     feed.send([*(event(i["user_id"], "open", i["send_at_ms"] + 5 * MINUTE, kind="push_opened",
                        intent_id=i["intent_id"]) for i in sent),
-               *(candidate(user, f"{user}-later", NOON + 20 * MINUTE) for user in clocks)])
+               *(candidate(user, f"{user}-later", NOON + 20 * MINUTE) for user in clocks + ahead),
+               *(brief_candidate(user, cid, NOON + 21 * MINUTE) for cid, user in brief.items())])
     training = Tail(deployment, "training_topic")
     training.wait(lambda r: {i["intent_id"] for i in sent} <= {e["intent_id"] for e in r}, 60)
     night = [i for i in range(traffic.users) if traffic.tz(i) == NIGHT_TZ]
     feed.send(event(traffic.user(i), "morning", NOON + 8 * HOUR + 30 * MINUTE, NIGHT_TZ)
               for i in night)
-    later = {f"{user}-later" for user in clocks}
-    decisions.wait(lambda r: not Ledger(r).unfinished(traffic.candidate_ids() | later), 60)
+    later = {f"{user}-later" for user in clocks + ahead}
+    decisions.wait(lambda r: not Ledger(r).unfinished(traffic.candidate_ids() | later | set(brief)),
+                   60)
     final = {d["candidate_id"]: d["reason"] for d in decisions.records if _stage(d) == "final"}
     labels = Counter(e["intent_id"] for e in training.drain())
     # The clock users' own later pushes are not opened, and the night users' morning moves
@@ -801,9 +816,17 @@ def test_one_far_future_clock_silences_no_one(deployment: Deployment) -> None:
         "labelled_twice": {i: n for i, n in labels.items() if n > 1},
         "held_pushes_dropped": {cid: reason for cid, reason in final.items()
                                 if cid.startswith("c-") and reason == "expired"},
+        "others_candidates_expired": {cid for cid in brief if final.get(cid) == "expired"},
         "own_candidates_expired": {cid for cid in later if final.get(cid) == "expired"},
     }
     outcomes = Counter(e["outcome"] for e in training.records)
-    print(f"far-future clocks: inputs {dict(input_counts(worker))}, final decisions "
+    print(f"skewed clocks: inputs {dict(input_counts(worker))}, final decisions "
           f"{dict(Counter(final.values()))}, labels {dict(outcomes)}")
     assert not first_problems(report), first_problems(report)
+
+
+def brief_candidate(user: str, candidate_id: str, at: int) -> Msg:
+    """A candidate that expires 30 minutes after it was created (and sent)."""
+    topic_field, key, value = candidate(user, candidate_id, at)
+    body = {**orjson.loads(value), "expires_at_ms": at + 30 * MINUTE}
+    return topic_field, key, orjson.dumps(body)

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
@@ -96,3 +97,56 @@ def test_a_batch_that_failed_to_write_is_written_again_before_later_inputs(worke
 
     asyncio.run(run())
     assert [[r["decision_id"] for _, _, r in outputs] for outputs in written] == [["d1", "d2"]]
+
+
+# --- the partition's clock -------------------------------------------------------------------
+
+NOON = 1_780_315_200_000  # 2026-06-01T12:00Z
+
+
+def event_record(worker: Any, offset: int, user: str, event_ms: int, stamp_ms: int) -> Any:
+    topic = worker.topics_by_kind["events"]
+    value = orjson.dumps({"event_id": f"e{offset}", "user_id": user, "type": "app_open",
+                          "event_time_ms": event_ms, "tz": "UTC"})
+    return SimpleNamespace(topic=topic, partition=0, offset=offset, tp=TP(topic, 0),
+                           key=user.encode(), value=value, timestamp=stamp_ms / 1000)
+
+
+def test_one_skewed_device_moves_its_partitions_clock_no_further_than_the_broker_time(
+    worker: Any,
+) -> None:
+    """The clock that ticks every user of a partition follows event time, but a device two
+    hours ahead of the broker timestamp of its record moves it by the tolerance at most."""
+    batch = worker.batch
+    worker._apply(event_record(worker, 0, "a", NOON, NOON), batch)
+    worker._apply(event_record(worker, 1, "skewed", NOON + 2 * 3_600_000, NOON + 60_000), batch)
+    assert batch.states[b"skewed"].watermark_ms == NOON + 2 * 3_600_000  # its own, as sent
+    assert worker.watermarks == {0: NOON + 60_000 + worker.settings.max_clock_skew_s * 1000}
+    worker._apply(event_record(worker, 2, "a", NOON + 10 * 60_000, NOON + 10 * 60_000), batch)
+    assert worker.watermarks == {0: NOON + 10 * 60_000}  # event time behind its stamp: as is
+
+
+# --- the two input topics of a partition, in record-time order ---------------------------------
+
+
+def taken(topic: str, partition: int, offset: int, stamp_ms: int | None) -> Any:
+    message = SimpleNamespace(topic=topic, partition=partition, offset=offset,
+                              timestamp=None if stamp_ms is None else stamp_ms / 1000)
+    return SimpleNamespace(message=message)
+
+
+def test_a_partitions_input_topics_are_merged_by_record_time_each_in_its_own_order() -> None:
+    from streams.app import in_record_time_order
+
+    rank = {"user-events": 0, "notification-candidates": 1}
+    events = [taken("notification-candidates", 0, 7, 300), taken("notification-candidates", 0, 8,
+                                                                 100),
+              taken("user-events", 1, 3, 50), taken("user-events", 0, 4, 200),
+              taken("user-events", 0, 5, 300), taken("notification-candidates", 1, 2, 10)]
+    order = [(e.message.topic[0], e.message.partition, e.message.offset)
+             for e in in_record_time_order(events, rank)]
+    # partition 0: 4@200 before 7@300; 8@100 stays after 7 (its topic's order); the tie at 300
+    # goes to the user event. Partition 1: 2@10 before 3@50.
+    assert order == [("u", 0, 4), ("u", 0, 5), ("n", 0, 7), ("n", 0, 8),
+                     ("n", 1, 2), ("u", 1, 3)]
+    assert in_record_time_order(events[:2], rank) == events[:2]

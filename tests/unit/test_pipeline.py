@@ -25,7 +25,14 @@ from streams.features import (
 from streams.model import PushModel
 from streams.outbox import hold_entry
 from streams.pipeline import Decider, DeciderConfig, StepOutput
-from streams.policy import Decision, PolicyConfig, Scores, in_holdout, in_quiet_hours
+from streams.policy import (
+    Decision,
+    PolicyConfig,
+    Scores,
+    in_holdout,
+    in_quiet_hours,
+    quiet_hours_end,
+)
 from streams.redelivery import remember
 
 POLICY = PolicyConfig(holdout_share=0.0)
@@ -175,7 +182,8 @@ def test_disabled_while_held_is_suppressed() -> None:
 
 
 def test_a_held_critical_push_still_bypasses_caps_at_release() -> None:
-    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, critical_in_quiet_hours=False))
+    decider, state = HourScored(PushModel(), config), UserState("u1", tz="Europe/Berlin")
     night = at("Europe/Berlin", 2026, 6, 10, 23)
     out = decider.on_candidate(state, candidate("k0", night, ttl_h=12, critical=True))
     assert actions(out) == [("hold", "quiet_hours")]
@@ -326,7 +334,8 @@ def test_no_sequence_of_inputs_breaks_a_guardrail(
         same_content = [i["send_at_ms"] for i in sent[:n] if i["content_id"] == cand.content_id]
         assert all(t - b >= MS_DAY for b in same_content)
         quiet = in_quiet_hours(t, tz, policy.quiet_start_hour, policy.quiet_end_hour)
-        assert not quiet or (cand.critical and allow and intent["reason"] == "critical")
+        outlasted = quiet_hours_end(t, tz, policy.quiet_end_hour) > cand.expires_at_ms
+        assert not quiet or (cand.critical and (allow or outlasted))
         if not cand.critical:
             assert sum(1 for b in before if t - b < MS_DAY) < policy.daily_cap
             assert all(t - b >= policy.min_gap_ms for b in before)
@@ -396,3 +405,135 @@ def test_a_user_holding_stored_outputs_fits_in_2_kib() -> None:
     packed = state_to_bytes(state)
     assert len(plain) > COMPRESS_OVER and len(packed) < min(2048, len(plain) // 2)
     assert state_from_bytes(packed) == state
+
+
+def test_a_held_critical_push_is_sent_rather_than_lost_to_quiet_hours() -> None:
+    """Event time jumps past its send time into the next night, and quiet hours would outlast
+    it: a critical push goes out then rather than expire in the outbox."""
+    config = DeciderConfig(policy=dataclasses.replace(POLICY, critical_in_quiet_hours=False))
+    decider, state = HourScored(PushModel(), config), UserState("u1", tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    out = decider.on_candidate(state, candidate("k0", night, ttl_h=24.5, critical=True))
+    assert actions(out) == [("hold", "quiet_hours")]
+    out = valid(decider.on_tick(state, at("Europe/Berlin", 2026, 6, 11, 23)))
+    assert actions(out) == [("send", "released")] and state.outbox == {}
+
+
+def test_a_critical_push_at_night_goes_out_at_once_by_default() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    out = valid(decider.on_candidate(state, candidate("login", night, ttl_h=0.1, critical=True)))
+    assert actions(out) == [("send", "critical")]
+    assert out.intents[0]["send_at_ms"] == night and state.outbox == {}
+
+
+# --- decided when it arrived ----------------------------------------------------------------
+
+
+def test_a_late_candidate_is_decided_when_it_arrived_not_at_the_users_last_event() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="UTC")
+    noon = utc(2026, 6, 10, 12)
+    decider.on_event(state, UserEvent("e1", "u1", "app_open", noon, "UTC"))
+    arrived = noon + int(2.5 * MS_HOUR)  # created at noon, reached the worker 2.5 h later
+    out = valid(decider.on_candidate(state, candidate("c1", noon, ttl_h=8), arrived))
+    assert actions(out) == [("send", "above_threshold")]
+    assert out.decisions[0]["decided_at_ms"] == arrived
+    assert out.intents[0]["send_at_ms"] == arrived == out.intents[0]["decided_at_ms"]
+
+
+def test_a_candidate_expired_on_arrival_is_suppressed_even_for_a_user_with_no_state() -> None:
+    decider = HourScored(PushModel(), CONFIG)
+    now = utc(2026, 6, 10, 12)
+    stale = candidate("c1", now - 3 * MS_DAY, ttl_h=6)
+    out = valid(decider.on_candidate(UserState("u1"), stale, now))
+    assert actions(out) == [("suppress", "expired")] and not out.intents
+
+
+def test_a_late_held_push_is_planned_from_its_arrival() -> None:
+    """Arriving at 23:30 local (created at 21:00), it is held until 08:00, not sent at 21:00."""
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin")
+    created = at("Europe/Berlin", 2026, 6, 10, 21)
+    arrived = at("Europe/Berlin", 2026, 6, 10, 23, 30)
+    out = valid(decider.on_candidate(state, candidate("c1", created, ttl_h=14), arrived))
+    assert actions(out) == [("hold", "quiet_hours")]
+    assert out.decisions[0]["send_at_ms"] == at("Europe/Berlin", 2026, 6, 11, 8)
+    assert out.decisions[0]["decided_at_ms"] == arrived
+
+
+# --- whose zone ------------------------------------------------------------------------------
+
+
+def test_the_zone_the_device_reported_wins_over_the_candidates_older_one() -> None:
+    """A traveller's phone says Tokyo; upstream still has New York on the candidate. At
+    02:00 in Tokyo the push waits for 08:00 Tokyo, it does not go out as 13:00 in New York."""
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    night = at("Asia/Tokyo", 2026, 6, 11, 2)
+    decider.on_event(state, UserEvent("e1", "u1", "app_open", night - MS_HOUR, "Asia/Tokyo"))
+    out = valid(decider.on_candidate(state, candidate("c1", night, ttl_h=12,
+                                                      tz="America/New_York")))
+    assert actions(out) == [("hold", "quiet_hours")] and state.tz == "Asia/Tokyo"
+    assert out.decisions[0]["send_at_ms"] == at("Asia/Tokyo", 2026, 6, 11, 8)
+
+
+def test_an_older_event_read_late_does_not_move_the_zone_back() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    noon = utc(2026, 6, 10, 12)
+    decider.on_event(state, UserEvent("e2", "u1", "app_open", noon, "Asia/Tokyo"))
+    decider.on_event(state, UserEvent("e1", "u1", "push_dismissed", noon - MS_HOUR,
+                                      "America/New_York", "unknown"))
+    decider.on_event(state, UserEvent("e0", "u1", "like", noon - 2 * MS_HOUR, "America/New_York"))
+    assert state.tz == "Asia/Tokyo"
+
+
+def test_a_candidates_zone_stands_in_until_the_device_reports_one() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), UserState("u1")
+    night = at("Asia/Tokyo", 2026, 6, 11, 2)
+    out = decider.on_candidate(state, candidate("c1", night, ttl_h=12, tz="Asia/Tokyo"))
+    assert actions(out) == [("hold", "quiet_hours")] and state.tz == "Asia/Tokyo"
+
+
+def stranger() -> UserState:
+    """A user the worker knows nothing about yet (as it creates one for a new key)."""
+    return UserState("u1", tz_known=False)
+
+
+def test_a_zoneless_candidate_for_a_user_of_unknown_zone_waits_for_the_devices_zone() -> None:
+    """Noon in UTC is midnight in Auckland: not knowing the zone, the push is held (quiet
+    hours assumed) instead of sent in UTC; the user's event names Auckland, so it waits for
+    08:00 there, and goes out then."""
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    held = valid(decider.on_candidate(state, candidate("c1", noon, ttl_h=12)))
+    assert actions(held) == [("hold", "quiet_hours")] and not held.intents
+    named = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000,
+                                                    "Pacific/Auckland")))
+    assert named.decisions == [] and named.intents == []
+    morning = at("Pacific/Auckland", 2026, 6, 11, 8)
+    assert [e["send_at_ms"] for e in state.outbox.values()] == [morning]
+    out = valid(decider.on_tick(state, morning))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == morning
+
+
+def test_a_push_held_for_the_zone_goes_out_when_the_zone_named_is_in_daytime() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    decider.on_candidate(state, candidate("c1", noon, ttl_h=12))
+    out = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000, "UTC")))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == noon + 60_000
+
+
+def test_a_push_held_for_a_zone_never_named_expires_unsent() -> None:
+    decider, state = HourScored(PushModel(), CONFIG), stranger()
+    noon = utc(2026, 6, 10, 12)
+    decider.on_candidate(state, candidate("c1", noon, ttl_h=2))
+    assert valid(decider.on_tick(state, noon + 2 * MS_HOUR)).decisions == []
+    out = valid(decider.on_tick(state, noon + 2 * MS_HOUR + 1))
+    assert actions(out) == [("suppress", "expired")] and state.outbox == {}
+
+
+def test_a_critical_push_or_a_candidates_zone_needs_no_device_report() -> None:
+    decider, noon = HourScored(PushModel(), CONFIG), utc(2026, 6, 10, 12)
+    out = decider.on_candidate(stranger(), candidate("k1", noon, critical=True))
+    assert actions(out) == [("send", "critical")]
+    out = decider.on_candidate(stranger(), candidate("c1", noon, tz="Europe/Berlin"))
+    assert actions(out) == [("send", "above_threshold")]

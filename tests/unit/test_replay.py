@@ -211,7 +211,7 @@ def worker_decisions(
         except ContractError:
             continue
         key = key or b""  # the contract checked it is the user id
-        state = table.get(key) or UserState(parsed.user_id)
+        state = table.get(key) or UserState(parsed.user_id, tz_known=False)
         if isinstance(parsed, Candidate):
             out = decider.on_candidate(state, parsed)
         else:
@@ -262,6 +262,26 @@ def test_bad_logging_fields_are_counted_and_the_candidate_still_replayed() -> No
     r = replay([line], DeciderConfig())
     assert r.ignored == {"invalid_logging_fields": 1} and sum(r.decisions.values()) == 1
     assert r.off_policy is None
+
+
+def test_a_recorded_arrival_dates_the_decision_and_judges_expiry() -> None:
+    """A candidate the worker read two hours after it was created, with a one-hour expiry, was
+    expired on arrival; without a recorded arrival event time stands in and it is sent."""
+    candidate = {"candidate_id": "c1", "user_id": "u1", "kind": "trending", "content_id": "v",
+                 "created_at_ms": START, "expires_at_ms": START + HOUR, "tz": "UTC"}
+    config = DeciderConfig(policy=PolicyConfig(threshold=0.0, quiet_start_hour=0,
+                                               quiet_end_hour=0, holdout_share=0.0))
+    late = {"topic": CANDIDATES, "key": "u1", "value": candidate, "arrival_ms": START + 2 * HOUR}
+    assert read_record(orjson.dumps(late)).arrival_ms == START + 2 * HOUR
+    assert replay([orjson.dumps(late)], config).decisions == {"expired": 1}
+    on_time = {**late, "arrival_ms": START + 60_000}
+    decided: list[dict[str, Any]] = []
+    replay([orjson.dumps(on_time)], config, sink=lambda out: decided.extend(out.decisions))
+    assert [(d["reason"], d["decided_at_ms"]) for d in decided] == [
+        ("above_threshold", START + 60_000)]
+    unrecorded = {k: v for k, v in late.items() if k != "arrival_ms"}
+    assert replay([orjson.dumps(unrecorded)], config).decisions == {"above_threshold": 1}
+    assert read_record(orjson.dumps({**late, "arrival_ms": "soon"})).arrival_ms is None
 
 
 def test_outcomes_the_log_cannot_know_are_not_learned() -> None:
