@@ -14,8 +14,14 @@ optimisation, no volume control), ``full`` (the production policy), and three wh
 is steered so that their volume equals the full policy's: ``random`` (a random score),
 ``oracle`` (the population's true p_open when the candidate arrives) and ``oracle-sto`` (the
 true p_open of every send time the full policy considers, with its send-time optimisation).
-``full-volume`` (on request) is the full policy with its volume controller on. All keep the
-guardrails; the holdout group is off in every policy so each is measured on everyone.
+``full-volume`` (on request) is the full policy with its volume controller on, and
+``inverted`` (on request) a deliberately bad one: the true p_open turned upside down at the
+full policy's volume, which must score below ``random`` for the evaluation to mean anything.
+All keep the guardrails; the holdout group is off in every policy so each is measured on
+everyone.
+
+Worlds (``--world``): ``simulator`` (:class:`~streams.simulator.Population`) and ``segments``
+(:class:`~streams.world_segments.SegmentWorld`, hidden segments shaped unlike the first).
 
 >>> options = EvalOptions(users=30, days=1.0, warmup_days=0.5, jobs=1)
 >>> report = evaluate(options, ["send-everything"])
@@ -45,6 +51,7 @@ import orjson
 from streams import progress
 from streams.config import decider_config
 from streams.contracts import Candidate, UserEvent
+from streams.delivery_audit import Audit
 from streams.errors import PushflowError
 from streams.evaluation import LearningCurve, Prequential
 from streams.features import UserState
@@ -53,12 +60,14 @@ from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import PolicyConfig, Scores, unit_hash
 from streams.settings import Settings
 from streams.simulator import CANDIDATES, DAY_MS, Population, sigmoid
+from streams.world_segments import SegmentWorld
 
 POLICIES = ("send-everything", "random", "fixed-threshold", "full", "oracle", "oracle-sto")
-CHOICES = (*POLICIES, "full-volume")
-MATCHED = ("random", "oracle", "oracle-sto")  # steered to the full policy's volume
+CHOICES = (*POLICIES, "full-volume", "inverted")
+MATCHED = ("random", "oracle", "oracle-sto", "inverted")  # steered to the full policy's volume
 TRUTH = ("oracle", "oracle-sto")
 HOUR_MS = 3_600_000
+WORLDS = ("simulator", "segments")
 START_MS = 1_772_582_400_000  # 2026-03-04T00:00Z: the run crosses the US change to DST
 _CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
 
@@ -90,6 +99,7 @@ class EvalOptions:
     volume_target: float = 1.0
     matching_gain: float = 4.0
     jobs: int = 2
+    world: str = "simulator"
 
 
 QUICK = EvalOptions(users=400, days=4.0, warmup_days=2.0)
@@ -110,7 +120,7 @@ def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
         return dataclasses.replace(full, holdout_share=1.0)
     if name == "fixed-threshold":
         return dataclasses.replace(full, send_time=False, volume_target=0.0, dismiss_weight=0.0)
-    if name in ("random", "oracle"):
+    if name in ("random", "oracle", "inverted"):
         return dataclasses.replace(
             full, send_time=False, volume_target=0.0, dismiss_weight=0.0, disable_weight=0.0,
             explore_share=0.0,
@@ -118,22 +128,48 @@ def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
     raise ValueError(f"unknown policy {name!r}")
 
 
-class _ScoredBy(Decider):
-    """A Decider whose score is not the model's: a random draw or the hidden truth."""
+World = Population | SegmentWorld
 
-    def __init__(self, config: DeciderConfig, population: Population, truth: bool) -> None:
+
+def new_world(options: EvalOptions) -> World:
+    """The simulated population ``options.world`` names, seeded by ``options.seed``."""
+    if options.world == "segments":
+        return SegmentWorld(options.seed, options.users, options.start_ms)
+    if options.world == "simulator":
+        return Population(options.seed, options.users, options.start_ms)
+    raise ValueError(f"unknown world {options.world!r}")
+
+
+def true_p_open(world: World, candidate: Candidate, at_ms: int) -> float:
+    """The world's hidden p_open of a push of ``candidate`` sent at ``at_ms``."""
+    if isinstance(world, SegmentWorld):
+        return world.candidate_p_open(candidate, at_ms)
+    return world.true_p_open(candidate.user_id, candidate.kind, at_ms)
+
+
+def true_zone(world: World, user_id: str, at_ms: int) -> str:
+    """The zone the user really is in (quiet hours are judged in it)."""
+    if isinstance(world, SegmentWorld):
+        return world.true_zone(user_id, at_ms)
+    return world.user(user_id).zone
+
+
+class _ScoredBy(Decider):
+    """A Decider whose score is not the model's: a random draw, the truth or its inverse."""
+
+    def __init__(self, config: DeciderConfig, population: World, how: str) -> None:
         super().__init__(PushModel(), config)
         self.population = population
-        self.truth = truth
+        self.how = how
 
     def score(
         self, candidate: Candidate, features: dict[str, float], at_ms: int, model: PushModel
     ) -> Scores:
-        if self.truth:
-            p_open = self.population.true_p_open(candidate.user_id, candidate.kind, at_ms)
-        else:
+        if self.how == "random":
             p_open = unit_hash("random", candidate.candidate_id)
-        return Scores(p_open, 0.0, 0)
+        else:
+            p_open = true_p_open(self.population, candidate, at_ms)
+        return Scores(1.0 - p_open if self.how == "inverted" else p_open, 0.0, 0)
 
 
 class _VolumeMatcher:
@@ -158,12 +194,13 @@ class _Run:
 
     def __init__(self, name: str, options: EvalOptions, target: float | None) -> None:
         self.name, self.options = name, options
-        self.population = Population(options.seed, options.users, options.start_ms)
+        self.population = new_world(options)
         self.trainer = PushModel(learning_rate=options.learning_rate, seed=options.seed)
         self.serving = self.trainer.clone()
         config = dataclasses.replace(options.decider, policy=policy_config(name, options))
         if name in MATCHED:
-            self.decider: Decider = _ScoredBy(config, self.population, name in TRUTH)
+            how = "truth" if name in TRUTH else name
+            self.decider: Decider = _ScoredBy(config, self.population, how)
         else:
             self.decider = Decider(lambda: self.serving, config)
         self.matcher = None if target is None else _VolumeMatcher(
@@ -179,6 +216,11 @@ class _Run:
         self.reasons_by_day: dict[int, Counter[str]] = {}
         self.measure_from = options.start_ms + int(options.warmup_days * DAY_MS)
         self.measure_until = options.start_ms + int(options.days * DAY_MS) - 3_600_000
+        policy = config.policy
+        self.audit = Audit(
+            lambda user_id, at_ms: true_zone(self.population, user_id, at_ms),
+            (policy.quiet_start_hour, policy.quiet_end_hour), self.measure_from,
+            self.measure_until, options.start_ms + int(options.days * DAY_MS))
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """The policy's figures; ``progress`` is called with each simulated hour done."""
@@ -208,9 +250,11 @@ class _Run:
         user_id = message["user_id"]
         state = self.states.get(user_id) or self.states.setdefault(
             user_id, UserState(user_id, tz_known=False))
+        self.audit.told[user_id] = message.get("tz") or self.audit.told.get(user_id, "")
         if topic == CANDIDATES:
+            self.audit.arrived(message)
             candidate = Candidate(**{k: message[k] for k in _CANDIDATE_FIELDS if k in message})
-            return self.decider.on_candidate(state, candidate)
+            return self.decider.on_candidate(state, candidate, message.get("arrived_at_ms"))
         event = UserEvent(message["event_id"], user_id, message["type"],
                           message["event_time_ms"], message["tz"], message.get("intent_id"))
         self._count_feedback(event)
@@ -218,8 +262,12 @@ class _Run:
 
     def _count_feedback(self, event: UserEvent) -> None:
         sent_at = self.sent_at.get(event.intent_id or "")
+        measured_at = self.measure_from <= event.event_time_ms < self.measure_until
+        self.counts["sessions"] += event.type == "app_open" and measured_at
         if sent_at is not None and self.measure_from <= sent_at < self.measure_until:
             self.counts[event.type] += 1
+            critical = event.intent_id in self.audit.critical_intents
+            self.counts[f"{event.type}:critical"] += critical
         if sent_at is not None and event.type == "push_opened":
             self._day(sent_at)[1] += 1
 
@@ -230,13 +278,16 @@ class _Run:
         measuring = self.measure_from <= now < self.measure_until
         day = (now - 1 - self.options.start_ms) // DAY_MS  # a step ends at ``now``: its day
         for decision in out.decisions:
+            self.audit.decided(decision)
             self.reasons[decision["reason"]] += measuring
             self.reasons_by_day.setdefault(day, Counter())[decision["reason"]] += 1
         for intent in out.intents:
+            self.audit.sent(intent)
             self.population.deliver(intent)
             self.sent_at[intent["intent_id"]] = intent["send_at_ms"]
             self._day(intent["send_at_ms"])[0] += 1
             self.counts["pushes"] += measuring
+            self.counts["pushes:critical"] += measuring and bool(intent.get("critical"))
             if self.matcher is not None:
                 self.matcher.sent += 1
         for example in out.examples:
@@ -266,8 +317,12 @@ class _Run:
             "pushes_per_user_day": c["pushes"] / (self.options.users * days),
             "opens": c["push_opened"],
             "opens_per_push": c["push_opened"] / c["pushes"] if c["pushes"] else 0.0,
+            "noncritical_opens_per_push": _ratio(
+                c["push_opened"] - c["push_opened:critical"], c["pushes"] - c["pushes:critical"]),
             "disables": c["push_disabled"],
             "dismissals": c["push_dismissed"],
+            "sessions_per_user_day": c["sessions"] / (self.options.users * days),
+            **self.audit.report(),
             "rolling_auc": None if math.isnan(auc) else round(auc, 4),
             "reasons": dict(sorted(self.reasons.items())),
             "runtime_s": round(elapsed_s, 1),
@@ -277,6 +332,10 @@ class _Run:
             "by_day": {str(d): v for d, v in sorted(self.by_day.items())},
             "reasons_by_day": {str(d): dict(c) for d, c in sorted(self.reasons_by_day.items())},
         }
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def evaluate(
@@ -296,6 +355,7 @@ def evaluate(
     results.update(_run_all([(n, target) for n in wanted if n in MATCHED], options, progress))
     results = {n: results[n] for n in wanted}
     _add_oracle_share(results)
+    _add_sessions_against_holdout(results)
     return {"options": dataclasses.asdict(options), "policies": results,
             "targets": targets(results)}
 
@@ -351,6 +411,13 @@ def _add_oracle_share(results: dict[str, dict[str, Any]]) -> None:
         row["oracle_share"] = row["opens"] / oracle if oracle else None
 
 
+def _add_sessions_against_holdout(results: dict[str, dict[str, Any]]) -> None:
+    """Sessions per user per day as a ratio to send-everything's (the holdout group's policy)."""
+    holdout = results.get("send-everything", {}).get("sessions_per_user_day")
+    for row in results.values():
+        row["sessions_vs_holdout"] = row["sessions_per_user_day"] / holdout if holdout else None
+
+
 def targets(results: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
     """The issue's targets for the full policy; None where a needed policy did not run."""
     full, every = results.get("full"), results.get("send-everything")
@@ -364,6 +431,31 @@ def targets(results: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
             if full is not None and full.get("oracle_share") is not None else None),
         "fewer_disables_than_send_everything": (
             full["disables"] < every["disables"] if both else None),  # type: ignore[index]
+        **_guarantee_targets(full, results.get("random")),
+    }
+
+
+def _guarantee_targets(
+    full: dict[str, Any] | None, random_row: dict[str, Any] | None
+) -> dict[str, bool | None]:
+    """Issue 15's targets: against random and the oracle, and what must never happen."""
+    if full is None:
+        return {}
+    vs_random = random_row is not None
+    share = full.get("oracle_share")
+    return {
+        "oracle_share_at_least_0.9": None if share is None else share >= 0.9,
+        "noncritical_opens_per_push_2x_random": (
+            full["noncritical_opens_per_push"] >= 2 * random_row["noncritical_opens_per_push"]  # type: ignore[index]
+            if vs_random else None),
+        "fewer_disables_than_random": (
+            full["disables"] < random_row["disables"] if vs_random else None),  # type: ignore[index]
+        "all_critical_delivered": (
+            None if full["critical_delivered"] is None else full["critical_delivered"] == 1.0),
+        "no_sends_after_expiry": full["sends_after_expiry"] == 0,
+        "no_quiet_hour_sends_where_zone_told": full["quiet_hour_sends"] == 0,
+        "no_decisions_before_arrival": full["decisions_before_arrival"] == 0,
+        "one_final_decision_per_candidate": full["candidates_not_one_final"] == 0,
     }
 
 
@@ -378,12 +470,28 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{name:<16}{r['pushes_per_user_day']:>14.2f}{r['pushes']:>9}{r['opens']:>8}"
             f"{r['opens_per_push']:>11.3f}{r['disables']:>10}{share:>13}{auc:>7}")
+    lines += ["", *_guarantee_table(report)]
     lines += [f"target {k}: {'-' if v is None else 'met' if v else 'NOT met'}"
               for k, v in report["targets"].items()]
     return "\n".join(lines)
 
 
 _POSITIVE = click.FloatRange(min=0.0, min_open=True)
+def _guarantee_table(report: dict[str, Any]) -> list[str]:
+    """Sessions, non-critical opens per push and what must never happen, per policy."""
+    head = (f"{'policy':<16}{'sess/user/day':>14}{'vs holdout':>11}{'nc opens/push':>14}"
+            f"{'critical':>9}{'expired':>8}{'quiet':>6}{'early':>6}{'max final':>10}"
+            f"{'finals!=1':>10}")
+    lines = [head, "-" * len(head)]
+    for name, r in report["policies"].items():
+        vs = "-" if r["sessions_vs_holdout"] is None else f"{r['sessions_vs_holdout']:.3f}"
+        critical = "-" if r["critical_delivered"] is None else f"{r['critical_delivered']:.3f}"
+        lines.append(
+            f"{name:<16}{r['sessions_per_user_day']:>14.2f}{vs:>11}"
+            f"{r['noncritical_opens_per_push']:>14.3f}{critical:>9}{r['sends_after_expiry']:>8}"
+            f"{r['quiet_hour_sends']:>6}{r['decisions_before_arrival']:>6}"
+            f"{r['max_final_decisions']:>10}{r['candidates_not_one_final']:>10}")
+    return lines
 
 
 @click.command("evaluate")
@@ -405,12 +513,14 @@ _POSITIVE = click.FloatRange(min=0.0, min_open=True)
               help="Policies run in parallel processes  [default: 2]")
 @click.option("--policy", "policies", multiple=True, type=click.Choice(CHOICES),
               help="Run only these (repeatable); default all but full-volume.")
+@click.option("--world", type=click.Choice((*WORLDS, "both")), default="simulator",
+              show_default=True, help="Simulated world: today's, hidden segments, or both.")
 @click.option("--report-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report here as JSON.")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write an HTML report with plots here (needs the 'report' extra).")
 def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path | None,
-                     html: Path | None, **overrides: Any) -> None:
+                     html: Path | None, world: str, **overrides: Any) -> None:
     """Compare decision policies on one simulated population, in-process (no broker).
 
     The policies are variants of the worker's, configured as the worker is (``PUSHFLOW_*``).
@@ -434,14 +544,24 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
             f"{options.warmup_days:g} warm-up days leave nothing of {options.days:g} days to "
             "measure (the difference must exceed one hour)", param_hint="'--warmup-days'")
     progress.check_writable(report_json, "--report-json")
+    progress.check_writable(html, "--html")
     names = policies_to_run(policies or POLICIES)
-    started = time.monotonic()
-    with progress.bar(round(len(names) * options.days * 24), "evaluate", "sim h") as bar:
-        report = evaluate(options, names, bar.update)
-    progress.done(f"evaluate: {len(names)} policies, {options.users} users, "
-                  f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s")
-    click.echo(format_table(report))
+    worlds = WORLDS if world == "both" else (world,)
+    reports = {}
+    for name in worlds:
+        started = time.monotonic()
+        with progress.bar(round(len(names) * options.days * 24), f"evaluate {name}",
+                          "sim h") as bar:
+            report = reports[name] = evaluate(dataclasses.replace(options, world=name), names,
+                                              bar.update)
+        progress.done(f"evaluate ({name}): {len(names)} policies, {options.users} users, "
+                      f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s")
+        if len(worlds) > 1:
+            click.echo(f"world: {name}")
+        click.echo(format_table(report))
+        if html is not None:
+            path = html if len(worlds) == 1 else html.with_stem(f"{html.stem}-{name}")
+            write_report(path, evaluate_report(report))
     if report_json is not None:
-        report_json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    if html is not None:
-        write_report(html, evaluate_report(report))
+        written = reports[worlds[0]] if len(worlds) == 1 else reports
+        report_json.write_bytes(orjson.dumps(written, option=orjson.OPT_INDENT_2))
