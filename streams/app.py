@@ -240,6 +240,9 @@ class PushflowWorker:
         # Input partitions read again from an offset the consumer skipped (see _skipped).
         self.rewinding: dict[tuple[str, int], Rewind] = {}
         self.rewound: dict[tuple[str, int], int] = {}
+        # Per input partition, the offset after the last input this process counted: kept
+        # across revocations, so an input handed over again is counted once (_apply).
+        self.counted_to: dict[tuple[str, int], int] = {}
         # Inputs applied since the metrics were last updated, by (topic, reason ignored).
         self.counted: Counter[tuple[str, str | None]] = Counter()
         self.dead_letter_codes: Counter[str] = Counter()
@@ -475,21 +478,28 @@ class PushflowWorker:
         if self._skipped(message):
             return
         self.positions[(topic, partition)] = offset + 1
+        # Faust also hands over earlier inputs again, from the committed offset, when it seeks
+        # there after a recovery or a rebalance (its commits trail what was applied). They
+        # take the re-read path below (re-emit, or nothing), but this process counted them
+        # when it first read them: count each input once, not each time it is handed over.
+        counts = offset >= self.counted_to.get((topic, partition), 0)
+        if counts:
+            self.counted_to[(topic, partition)] = offset + 1
         kind = self.kinds[topic]
         if kind == TICKS:
-            self._apply_tick(message, batch)
+            self._apply_tick(message, batch, counts)
             return
         try:
             parsed = self._parse(kind, message.key, message.value, batch.latest_ms)
         except ContractError as exc:
-            self._dead_letter(message, exc, batch)
+            self._dead_letter(message, exc, batch, counts)
             return
         self._advance_clock(message, parsed)
         key = message.key or b""  # the contract checked it is the user id
         state = (batch.states.get(key) or self.table.data.get(key)
                  or UserState(parsed.user_id, tz_known=False))
         if already_applied(state, kind, offset):
-            self._reemit(key, state, kind, offset, batch)
+            self._reemit(key, state, kind, offset, batch, counts)
             return
         state.partition = partition
         try:
@@ -499,13 +509,15 @@ class PushflowWorker:
                 out = self.decider.on_event(state, parsed)
         except Exception as exc:  # a bug: surface it loudly, keep the partition moving
             log.exception("processing failed for %s[%d]@%d", topic, partition, offset)
-            self._dead_letter(message, ProcessingError(f"{type(exc).__name__}: {exc}"), batch)
+            error = ProcessingError(f"{type(exc).__name__}: {exc}")
+            self._dead_letter(message, error, batch, counts)
             return
         outputs = self._outputs(out, topic, partition, offset)
         remember(state, kind, offset, outputs)
         batch.states[key] = state
         batch.add(key, outputs)
-        self._count_input(topic, out.ignored)
+        if counts:
+            self._count_input(topic, out.ignored)
         if kind == CANDIDATES:
             batch.candidates += 1
             self._observe_decision(parsed, out)
@@ -553,16 +565,17 @@ class PushflowWorker:
                 log.warning("seeking %s to %d failed: %r", rewind.tp, rewind.first_missing, exc)
                 self.rewinding.pop(where, None)
 
-    def _apply_tick(self, message: Any, batch: Batch) -> None:
+    def _apply_tick(self, message: Any, batch: Batch, counts: bool = True) -> None:
         """Event time of this partition reached ``now_ms``: expire labels, release pushes."""
         partition, offset = message.partition, message.offset
         try:
             now_ms = parse_tick(message.value or b"", self.settings.max_message_bytes)
         except ContractError as exc:
-            self._dead_letter(message, exc, batch)
+            self._dead_letter(message, exc, batch, counts)
             return
         if self._tick_ahead(message, now_ms):
-            self._count_input(message.topic, "tick_ahead")
+            if counts:
+                self._count_input(message.topic, "tick_ahead")
             self._reemit_tick(partition, offset, batch)
             return
         for key in list(self.due[partition]):
@@ -613,14 +626,16 @@ class PushflowWorker:
                     now_ms, partition, "no event time yet" if limit is None else limit)
         return True
 
-    def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch) -> None:
+    def _reemit(self, key: bytes, state: UserState, kind: str, offset: int, batch: Batch,
+                counts: bool = True) -> None:
         """An input read again that this user's state already holds (a crash came between
         the state write and the offset commit): emit what it emitted, byte for byte."""
         outputs = stored(state, kind, offset)
         batch.add(key, outputs)
         self.metrics.reemitted.inc(len(outputs))
-        topic = self.topics_by_kind[kind]
-        self._count_input(topic, None if outputs else "already_applied")
+        if counts:
+            topic = self.topics_by_kind[kind]
+            self._count_input(topic, None if outputs else "already_applied")
 
     def _outputs(self, out: StepOutput, topic: str, partition: int, offset: int) -> list[Output]:
         outputs: list[Output] = [("decisions_topic", d) for d in out.decisions]
@@ -696,7 +711,8 @@ class PushflowWorker:
         elif topic_field == "training_topic":
             m.child(m.labeled, record["outcome"]).inc()
 
-    def _dead_letter(self, message: Any, error: ContractError, batch: Batch) -> None:
+    def _dead_letter(self, message: Any, error: ContractError, batch: Batch,
+                     counts: bool = True) -> None:
         record = dead_letter(
             raw=message.value,
             key=message.key,
@@ -709,7 +725,8 @@ class PushflowWorker:
         )
         batch.outputs.append(("dead_letters_topic", dead_letter_key(message.key), record))
         self.metrics.dead_letters.labels(topic=message.topic, error_code=error.code).inc()
-        self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
+        if counts:
+            self.metrics.input_messages.labels(topic=message.topic, outcome="dead_letter").inc()
         log.debug(
             "dead letter %s[%d]@%d %s: %s",
             message.topic, message.partition, message.offset, error.code, str(error)[:200],

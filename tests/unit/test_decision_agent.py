@@ -1,9 +1,11 @@
 """The decision agent: inputs the consumer skipped are read again before anything after them
-is applied, and a batch that failed to write is written again before later inputs."""
+is applied, inputs handed over again are counted once, and a batch that failed to write is
+written again before later inputs."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -150,3 +152,70 @@ def test_a_partitions_input_topics_are_merged_by_record_time_each_in_its_own_ord
     assert order == [("u", 0, 4), ("u", 0, 5), ("n", 0, 7), ("n", 0, 8),
                      ("n", 1, 2), ("u", 1, 3)]
     assert in_record_time_order(events[:2], rank) == events[:2]
+
+
+# --- inputs handed over again are counted once ---------------------------------------------
+
+
+def hand_over(worker: Any, kind: str, offset: int, value: bytes, partition: int = 1) -> None:
+    """Faust hands the agent one input of ``kind`` (events, candidates) from ``u1``."""
+    topic = worker.topics_by_kind[kind]
+    message = SimpleNamespace(topic=topic, partition=partition, offset=offset,
+                              tp=TP(topic, partition), key=b"u1", value=value,
+                              timestamp=NOON / 1000)
+    worker._apply(message, worker.batch)
+
+
+def user_event(n: int) -> bytes:
+    return orjson.dumps({"event_id": f"e{n}", "user_id": "u1", "type": "video_view",
+                         "event_time_ms": NOON + n * 60_000, "tz": "UTC"})
+
+
+def a_candidate(n: int) -> bytes:
+    return orjson.dumps({"candidate_id": f"c{n}", "user_id": "u1", "content_id": f"v{n}",
+                         "kind": "new_video_from_followed", "created_at_ms": NOON + n * 60_000,
+                         "expires_at_ms": NOON + 12 * 3_600_000, "tz": "UTC"})
+
+
+def input_counts(worker: Any) -> Counter[tuple[str, str]]:
+    worker._publish_counts()
+    return Counter({(s.labels["outcome"], s.labels["topic"].rsplit("-", 1)[-1]): int(s.value)
+                    for family in worker.registry.collect() for s in family.samples
+                    if s.name == "pushflow_input_messages_total"})
+
+
+def the_inputs(worker: Any) -> list[tuple[str, int, bytes]]:
+    return [("events", 0, user_event(0)), ("candidates", 0, a_candidate(1)),
+            ("events", 1, b"[]"), ("events", 2, user_event(2)),
+            ("candidates", 1, a_candidate(3)), ("candidates", 2, b'{"user_id": "u1"')]
+
+
+def test_inputs_handed_over_again_from_the_committed_offset_are_counted_once(
+    worker: Any,
+) -> None:
+    """Faust seeks back to its committed offset (after a recovery, a rebalance) while its
+    commits trail what the agent applied, and hands the inputs since then over again: they
+    are re-read (their stored outputs emitted again) but counted once."""
+    for kind, offset, value in the_inputs(worker):
+        hand_over(worker, kind, offset, value)
+    once = input_counts(worker)
+    assert sum(once.values()) == 6
+    decisions = [r["decision_id"] for t, _, r in worker.batch.outputs if t == "decisions_topic"]
+    for kind, offset, value in the_inputs(worker):  # again, from the committed offset 0
+        hand_over(worker, kind, offset, value)
+    assert input_counts(worker) == once
+    again = [r["decision_id"] for t, _, r in worker.batch.outputs if t == "decisions_topic"]
+    assert again == decisions + decisions  # re-emitted, identically
+    hand_over(worker, "events", 3, user_event(3))
+    assert sum(input_counts(worker).values()) == 7
+
+
+def test_inputs_read_again_after_a_revocation_are_counted_once(worker: Any) -> None:
+    for kind, offset, value in the_inputs(worker):
+        hand_over(worker, kind, offset, value)
+    once = input_counts(worker)
+    topics = worker.topics_by_kind
+    asyncio.run(worker._on_revoked(None, {TP(topics[k], 1) for k in ("events", "candidates")}))
+    for kind, offset, value in the_inputs(worker):  # assigned again: from the committed offset
+        hand_over(worker, kind, offset, value)
+    assert input_counts(worker) == once
