@@ -14,6 +14,7 @@ for the index, which no setting reaches. Any other path answers 404.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import faust
@@ -51,6 +52,10 @@ class AppWithoutRootIndex(faust.App):
     Faust builds its web server from the ``web`` setting, a driver URL (``aiohttp://``) that
     cannot name a class of ours (faust/app/base.py ``App._new_web``), so the app picks it.
     """
+
+    # mode names a subclass's logger after its module (streams.web): one under "faust", so its
+    # service steps stay quiet at info like the rest of Faust (streams.logs)
+    logger = logging.getLogger("faust.app.pushflow")
 
     def _new_web(self) -> Web:
         return WebWithoutRootIndex(self)
