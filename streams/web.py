@@ -44,6 +44,7 @@ class WebWithoutRootIndex(AiohttpWeb):
     """
 
     production_blueprints: ClassVar[tuple[tuple[str, str], ...]] = ()
+    logger = logging.getLogger("faust.web.pushflow")  # quiet at info, as AppWithoutRootIndex
 
 
 class AppWithoutRootIndex(faust.App):
