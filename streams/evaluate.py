@@ -554,8 +554,9 @@ def evaluate_command(quick: bool, policies: tuple[str, ...], report_json: Path |
                           "sim h") as bar:
             report = reports[name] = evaluate(dataclasses.replace(options, world=name), names,
                                               bar.update)
-        progress.done(f"evaluate ({name}): {len(names)} policies, {options.users} users, "
-                      f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s")
+        progress.done(f"evaluate: {len(names)} policies, {options.users} users, "
+                      f"{options.days:g} simulated days in {time.monotonic() - started:.0f} s "
+                      f"({name} world)")
         if len(worlds) > 1:
             click.echo(f"world: {name}")
         click.echo(format_table(report))
