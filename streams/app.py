@@ -574,8 +574,8 @@ class PushflowWorker:
             self._dead_letter(message, exc, batch, counts)
             return
         if self._tick_ahead(message, now_ms):
-            if counts:
-                self._count_input(message.topic, "tick_ahead")
+            if counts:  # an ignored tick, not an input: input counts cover the input topics
+                self.metrics.child(self.metrics.ignored, message.topic, "tick_ahead").inc()
             self._reemit_tick(partition, offset, batch)
             return
         for key in list(self.due[partition]):
