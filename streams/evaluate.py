@@ -476,7 +476,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_POSITIVE = click.FloatRange(min=0.0, min_open=True)
 def _guarantee_table(report: dict[str, Any]) -> list[str]:
     """Sessions, non-critical opens per push and what must never happen, per policy."""
     head = (f"{'policy':<16}{'sess/user/day':>14}{'vs holdout':>11}{'nc opens/push':>14}"
@@ -492,6 +491,9 @@ def _guarantee_table(report: dict[str, Any]) -> list[str]:
             f"{r['quiet_hour_sends']:>6}{r['decisions_before_arrival']:>6}"
             f"{r['max_final_decisions']:>10}{r['candidates_not_one_final']:>10}")
     return lines
+
+
+_POSITIVE = click.FloatRange(min=0.0, min_open=True)
 
 
 @click.command("evaluate")

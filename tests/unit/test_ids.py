@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.config import decider_config
-from streams.contracts import Candidate, intent_id_for, validator
+from streams.contracts import Candidate, intent_id_for
 from streams.errors import ConfigError
 from streams.features import (
     MS_DAY,
@@ -28,6 +28,7 @@ from streams.pipeline import DECIDED_HORIZON_MS, Decider, DeciderConfig, StepOut
 from streams.policy import PolicyConfig
 from streams.replay import Replayer, ReplayOptions
 from streams.settings import Settings
+from tests.unit.test_pipeline import valid
 
 NOON = 1_781_438_400_000  # 2026-06-14T12:00Z
 # no quiet hours, no holdout, no send-time holds: every candidate is decided at once
@@ -39,14 +40,6 @@ QUIET_CONFIG = DeciderConfig(policy=PolicyConfig(holdout_share=0.0, send_time=Fa
 def candidate(user: str, cid: str, created: int, ttl_h: float = 2, **kw: Any) -> Candidate:
     return Candidate(cid, user, "trending", kw.pop("content_id", f"v-{cid}"), created,
                      created + int(ttl_h * MS_HOUR), **kw)
-
-
-def valid(out: StepOutput) -> StepOutput:
-    for record in out.decisions:
-        validator("notification-decision")(record)
-    for intent in out.intents:
-        validator("notification-intent")(intent)
-    return out
 
 
 def stages(out: StepOutput) -> list[tuple[str, str, bool]]:
