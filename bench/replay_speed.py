@@ -1,4 +1,4 @@
-"""How fast the pure core replays the bench mix: ``pushflow replay``'s loop, in-process, on one core.
+"""How fast the pure core replays the bench mix: `pushflow replay`'s loop, in-process, one core.
 
 The mix is :mod:`bench.workload`'s (85% activity, 10% candidates, 5% feedback), written once as
 a replay log of envelopes (``docs/replay.md``) with event times spread over ``--span-hours``
@@ -86,6 +86,10 @@ def replay_lines(lines: list[bytes], outputs: BinaryIO | None = None,
         profile.disable()
     fed, fed_cpu = time.perf_counter() - started, time.process_time() - started_cpu
     report = replayer.finish()
+    if outputs is not None:  # and the state every user ends in
+        for user_id in sorted(replayer.states):
+            out = ["state", replayer.states[user_id]]
+            outputs.write(orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS) + b"\n")
     return {
         "lines": len(lines),
         "feed_seconds": round(fed, 3),

@@ -58,6 +58,7 @@ from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import in_holdout
 from streams.progress import bar, check_writable, done
+from streams.ticks import TickClock
 
 EVENTS, CANDIDATES = "user-events", "notification-candidates"
 HOUR_MS = 3_600_000
@@ -309,6 +310,7 @@ class Replayer:
         self.decider = Decider(lambda: self.serving, config)
         self.states: dict[str, UserState] = {}
         self.due: set[str] = set()
+        self.clock = TickClock()
         self.watermark_ms = self.next_tick_ms = self.next_sweep_ms = 0
         self.report = ReplayReport()
         self.counts: dict[str, Counter[str]] = {
@@ -349,29 +351,48 @@ class Replayer:
             self._sweep()
 
     def _step(self, message: UserEvent | Candidate, arrival_ms: int | None = None) -> None:
-        state = self.states.get(message.user_id) or UserState(message.user_id, tz_known=False)
+        state = self.states.get(message.user_id)
+        if state is None:
+            state = UserState(message.user_id, tz_known=False)
+        else:
+            self.clock.catch_up(message.user_id, state)
         try:
             if isinstance(message, Candidate):
                 out = self.decider.on_candidate(state, message, arrival_ms)
             else:
                 out = self.decider.on_event(state, message)
         except Exception as exc:  # a bug: dead-lettered and counted, as the worker does
+            self.clock.exact = True  # the state may be half-stepped: tick every user from now on
             return self._dead_letter(ProcessingError(f"{type(exc).__name__}: {exc}"))
         self.states[message.user_id] = state
         self._absorb(message.user_id, state, out)
 
     def _tick(self) -> None:
-        """The worker's timer on event time: every user with pending labels or held pushes."""
-        for user_id in sorted(self.due):
+        """The worker's timer on event time: every user with pending labels or held pushes.
+
+        A tick moves each such user's watermark to the partition's, and changes nothing else
+        until a label's window passes or a held push is due: those users are woken
+        (:class:`TickClock`), in user order, and the others catch up when next touched.
+        """
+        now = self.watermark_ms
+        woken = self.clock.tick(now, self.due)
+        if self.clock.exact:  # the worker's own sweep, users in order, event time as it moves
+            self.clock.catch_up_all(self.states)
+            woken = sorted(self.due)
+        for user_id in woken:
             state = self.states[user_id]
+            self.clock.catch_up(user_id, state)
             out = self.decider.on_tick(state, self.watermark_ms)
             if out.decisions or out.intents or out.examples:  # else nothing changed: as the worker
                 self._absorb(user_id, state, out)
+            elif user_id in self.due:  # a push may have been rescheduled
+                self.clock.schedule(user_id, state)
         interval = max(1, self.options.tick_interval_ms)
         self.next_tick_ms = self.watermark_ms - self.watermark_ms % interval + interval
 
     def _sweep(self) -> None:
         """The worker's TTL sweep (hourly in event time): idle users with nothing in flight."""
+        self.clock.catch_up_all(self.states)
         cutoff = self.watermark_ms - self.options.user_ttl_ms
         idle = [u for u, s in self.states.items()
                 if s.watermark_ms < cutoff and not s.pending and not s.outbox]
@@ -382,7 +403,12 @@ class Replayer:
 
     def _absorb(self, user_id: str, state: UserState, out: StepOutput) -> None:
         self.watermark_ms = max(self.watermark_ms, state.watermark_ms)
-        (self.due.add if state.pending or state.outbox else self.due.discard)(user_id)
+        if state.pending or state.outbox:
+            self.due.add(user_id)
+            self.clock.schedule(user_id, state)
+        else:
+            self.due.discard(user_id)
+            self.clock.forget(user_id)
         if out.ignored:
             self.counts["ign"][out.ignored] += 1
         if self.sink is not None:
@@ -447,6 +473,7 @@ class Replayer:
 
     def finish(self) -> ReplayReport:
         """The report of everything fed so far."""
+        self.clock.catch_up_all(self.states)
         r, c = self.report, self.counts
         r.messages, r.dead_letters = dict(sorted(c["msg"].items())), dict(sorted(c["dl"].items()))
         r.ignored = {k: v for k, v in sorted(c["ign"].items()) if v}
