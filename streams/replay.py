@@ -53,6 +53,7 @@ from streams.errors import (
 from streams.evaluation import EPS, LearningCurve, Prequential, exact_auc
 from streams.features import UserState
 from streams.flags import setting_flags
+from streams.garbage import tune_gc
 from streams.model import PushModel
 from streams.offpolicy import Labeled, batch_baseline, ips_estimates
 from streams.pipeline import Decider, DeciderConfig, StepOutput
@@ -585,6 +586,7 @@ def replay_command(file: str, report_json: Path | None, snapshot_every: int,
         raise click.UsageError(str(exc)) from None
     check_writable(report_json, "--report-json")
     check_writable(html, "--html")
+    tune_gc(settings.gc_threshold)  # a replay holds every user's state, as a worker does
     options = ReplayOptions(int(settings.tick_interval_s * 1000), settings.max_message_bytes,
                             snapshot_every, window, baseline_share, settings.user_ttl_s * 1000)
     started = time.monotonic()

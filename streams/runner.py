@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 
 import faust
@@ -11,26 +10,12 @@ import faust
 from streams.admin import ensure_topics
 from streams.app import PushflowWorker, tls_context
 from streams.broker import EmbeddedBroker
+from streams.garbage import tune_gc
 from streams.settings import Settings
 from streams.snapshots import SnapshotFollower
 from streams.topics import topic_specs
 
 log = logging.getLogger("pushflow")
-
-GC_OLDER_EVERY = 20  # an older generation is collected every 20 collections of the one below
-
-
-def tune_gc(threshold: int) -> None:
-    """Collect cyclic garbage less often than Python's default (every 700 allocations).
-
-    The worker holds hundreds of thousands of long-lived containers (a few per user's
-    state); with the defaults, full collections under load walk all of them every few
-    seconds. In the benchmark (``docs/benchmark.md``, variant ``gc-default``) the worker was
-    about a quarter faster with 50000, with no higher peak RSS.
-    """
-    if threshold:
-        gc.set_threshold(threshold, GC_OLDER_EVERY, GC_OLDER_EVERY)
-
 
 def run_worker(settings: Settings) -> None:
     """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
