@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import cache, lru_cache
@@ -117,10 +118,74 @@ def schemas_dir() -> Path:
 
 
 @cache
-def validator(name: str) -> Any:
-    """The compiled fastjsonschema validator of ``schemas/<name>.schema.json``."""
+def validator(name: str) -> Callable[[Any], Any]:
+    """The compiled fastjsonschema validator of ``schemas/<name>.schema.json``.
+
+    A schema whose ``allOf`` holds conditions on one enumerated property (``if`` the ``type``
+    is one of these, ``then`` ...) gets one validator per value of that property, with each
+    condition already decided: fastjsonschema checks an ``if`` by raising and catching an
+    exception when it does not hold, which was most of the cost of validating an activity
+    event. A value outside the enumeration, or no value, goes to the whole schema, so every
+    message validates, and fails with the same error, exactly as with the whole schema.
+    """
     schema = orjson.loads((schemas_dir() / f"{name}.schema.json").read_bytes())
-    return fastjsonschema.compile(schema)
+    whole = fastjsonschema.compile(schema)
+    routes = _decided_conditions(schema)
+    if routes is None:
+        return whole
+    field, schemas = routes
+    by_value = {value: fastjsonschema.compile(decided) for value, decided in schemas.items()}
+
+    def validate(obj: Any) -> Any:
+        value = obj.get(field) if isinstance(obj, dict) else None
+        return (by_value.get(value, whole) if isinstance(value, str) else whole)(obj)
+
+    return validate
+
+
+def _decided_conditions(schema: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(field, value -> the schema with its conditions on ``field`` decided for that value),
+    or None unless every ``if`` of the top-level ``allOf`` tests ``field`` against an enum
+    and ``field`` itself is an enum of strings.
+
+    >>> s = {"properties": {"t": {"enum": ["a", "b"]}}, "allOf": [{"if": {"properties":
+    ...      {"t": {"enum": ["a"]}}, "required": ["t"]}, "then": {"required": ["x"]}}]}
+    >>> _decided_conditions(s)[1]
+    {'a': {'properties': {'t': {'enum': ['a', 'b']}}, 'allOf': [{'required': ['x']}]}, \
+'b': {'properties': {'t': {'enum': ['a', 'b']}}, 'allOf': []}}
+    """
+    conditions = [c for c in schema.get("allOf", ()) if isinstance(c, dict) and "if" in c]
+    fields = {_enum_test(c["if"]) for c in conditions}
+    if not conditions or len(fields) != 1 or None in fields:
+        return None
+    field = fields.pop()
+    assert field is not None
+    values = schema.get("properties", {}).get(field, {}).get("enum")
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        return None
+    decided = {}
+    for value in values:
+        parts = []
+        for part in schema["allOf"]:
+            if part in conditions:
+                holds = value in part["if"]["properties"][field]["enum"]
+                part = part.get("then" if holds else "else")
+            if part is not None:
+                parts.append(part)
+        decided[value] = {**schema, "allOf": parts}
+    return field, decided
+
+
+def _enum_test(condition: Any) -> str | None:
+    """The field of an ``{"properties": {field: {"enum": [...]}}, "required": [field]}``."""
+    if not isinstance(condition, dict) or set(condition) != {"properties", "required"}:
+        return None
+    properties = condition["properties"]
+    if not isinstance(properties, dict) or len(properties) != 1:
+        return None
+    (field, test), = properties.items()
+    enum_only = isinstance(test, dict) and set(test) == {"enum"} and isinstance(test["enum"], list)
+    return field if enum_only and condition["required"] == [field] else None
 
 
 def _load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
