@@ -199,6 +199,8 @@ class Decider:
     def on_tick(self, state: UserState, now_ms: int) -> StepOutput:
         """Event time moved to ``now_ms``: expire labels and release held pushes that are due."""
         state.advance(now_ms)
+        if not state.pending and not state.outbox:  # most users: nothing in flight
+            return StepOutput()
         out = StepOutput(examples=expire_pending(state, now_ms))
         for intent_id in due(state, now_ms):
             out.extend(self._release(state, intent_id, now_ms))

@@ -339,7 +339,8 @@ class Replayer:
         except ContractError as exc:
             return self._dead_letter(exc)
         self.counts["msg"][record.topic] += 1
-        self.counts["ign"]["invalid_logging_fields"] += record.logging_error is not None
+        if record.logging_error is not None:
+            self.counts["ign"]["invalid_logging_fields"] += 1
         if record.logged is not None and isinstance(message, Candidate):
             self.logged[message.intent_id] = (message.candidate_id, record.logged)
         opened = isinstance(message, UserEvent) and message.type == "push_opened"
@@ -407,7 +408,7 @@ class Replayer:
         if state.pending or state.outbox:
             self.due.add(user_id)
             self.clock.schedule(user_id, state)
-        else:
+        elif user_id in self.due:
             self.due.discard(user_id)
             self.clock.forget(user_id)
         if out.ignored:
@@ -416,8 +417,9 @@ class Replayer:
             self.sink(out)
         for decision in out.decisions:
             self._count_decision(decision)
-        self.report.intents += len(out.intents)
-        self.report.explore_intents += sum(1 for i in out.intents if i["explore"])
+        if out.intents:
+            self.report.intents += len(out.intents)
+            self.report.explore_intents += sum(1 for i in out.intents if i["explore"])
         for example in out.examples:
             self._learn(example)
 
