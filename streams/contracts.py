@@ -333,6 +333,33 @@ def local_time(at_ms: int, tz: str) -> datetime:
     return datetime.fromtimestamp(at_ms / 1000, tz=zone(tz))
 
 
+def local_hour(at_ms: int, tz: str) -> int:
+    """``local_time(at_ms, tz).hour``, from the zone's UTC offset during that minute, which
+    is looked up once per zone and minute (features ask for it on every activity event).
+
+    A minute in which the zone changes its offset is computed directly, so the result is
+    always that of :func:`local_time`.
+
+    >>> local_hour(1767225600000, "Asia/Tokyo"), local_hour(1774746000000, "Europe/Berlin")
+    (9, 3)
+    """
+    offset_s = _minute_offset_s(tz, at_ms // 60_000)
+    if offset_s is None:
+        return local_time(at_ms, tz).hour
+    return (at_ms // 1000 + offset_s) // 3600 % 24
+
+
+@lru_cache(maxsize=65_536)
+def _minute_offset_s(tz: str, minute: int) -> int | None:
+    """The zone's UTC offset in seconds throughout this minute since the epoch, or None if
+    it differs between the minute's first and last millisecond (a transition inside it)."""
+    first = datetime.fromtimestamp(minute * 60, tz=zone(tz)).utcoffset()
+    last = datetime.fromtimestamp(minute * 60 + 59.999, tz=zone(tz)).utcoffset()
+    if first is None or first != last or first % timedelta(seconds=1):
+        return None
+    return first // timedelta(seconds=1)
+
+
 # --- outputs ----------------------------------------------------------------------------
 
 

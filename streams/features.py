@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from streams.contracts import Candidate, local_time
+from streams.contracts import Candidate, local_hour
 
 MS_5MIN = 300_000
 MS_HOUR = 3_600_000
@@ -145,7 +145,7 @@ def observe_activity(state: UserState, at_ms: int, tz: str) -> None:
             window[bucket] = window.get(bucket, 0) + 1
     if state.last_active_ms is None or at_ms > state.last_active_ms:
         state.last_active_ms = at_ms
-    _bump(state.activity_by_hour, local_time(at_ms, tz).hour)
+    _bump(state.activity_by_hour, local_hour(at_ms, tz))
 
 
 def _bump(profile: list[float], hour: int) -> None:
@@ -221,7 +221,7 @@ def record_send(state: UserState, at_ms: int, candidate: Candidate) -> None:
 def record_open(state: UserState, label: PendingLabel, at_ms: int) -> None:
     state.opened += 1
     state.kind_opened[label.kind] = state.kind_opened.get(label.kind, 0) + 1
-    _bump(state.opens_by_hour, local_time(at_ms, state.tz).hour)
+    _bump(state.opens_by_hour, local_hour(at_ms, state.tz))
 
 
 def sends_in_last_day(state: UserState, now_ms: int) -> int:
@@ -253,7 +253,7 @@ def _log_hours_since(then_ms: int | None, now_ms: int, never_h: float = 24 * 30)
 
 def model_features(state: UserState, candidate: Candidate, now_ms: int) -> dict[str, float]:
     """The model's input for ``candidate`` at event time ``now_ms``; a fresh dict each call."""
-    hour = local_time(now_ms, state.tz).hour
+    hour = local_hour(now_ms, state.tz)
     act_1h, act_24h, act_7d = window_counts(state, now_ms)
     user_rate = smoothed_rate(state.opened, state.sent)
     kind_prior = (user_rate * 5.0, (1.0 - user_rate) * 5.0)
