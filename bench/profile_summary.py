@@ -111,7 +111,8 @@ def _stacks(profile: dict[str, Any]) -> list[tuple[list[int], float, str]]:
     for thread in profile["profiles"]:
         weights = thread.get("weights") or [1] * len(thread["samples"])
         name = thread.get("name", "?").split('"')[1] if '"' in thread.get("name", "") else "?"
-        stacks += [(stack, w, name) for stack, w in zip(thread["samples"], weights, strict=True)]
+        stacks += [(stack, w, name) for stack, w in zip(thread["samples"], weights, strict=True)
+                   if stack]  # py-spy without --gil also records idle samples, with no frames
     return stacks
 
 
