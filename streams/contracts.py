@@ -188,9 +188,14 @@ def _enum_test(condition: Any) -> str | None:
     return field if enum_only and condition["required"] == [field] else None
 
 
-def _load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+def check_size(raw: bytes, max_bytes: int) -> None:
+    """A message over ``max_bytes`` is refused before it is decoded (PayloadTooLarge)."""
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"message of {len(raw)} bytes exceeds the limit of {max_bytes}")
+
+
+def _load_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    check_size(raw, max_bytes)
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -254,7 +259,14 @@ def parse_user_event(
     ``latest_ms`` bounds event time from above (the worker passes its wall clock plus
     ``max_future_s``): one device with its clock in 2099 must not move a partition's event time.
     """
-    obj = _load_object(raw, max_bytes)
+    return user_event_from(_load_object(raw, max_bytes), key, latest_ms)
+
+
+def user_event_from(
+    obj: dict[str, Any], key: bytes | None, latest_ms: int | None = None
+) -> UserEvent:
+    """A decoded ``user-events`` message whose size was checked (:func:`check_size`) ->
+    :class:`UserEvent`: :func:`parse_user_event` for a reader that decoded it already."""
     _validate("user-event", obj)
     _check_not_future(obj, "event_time_ms", latest_ms)
     check_time_zone(obj["tz"])
@@ -273,7 +285,13 @@ def parse_candidate(
     raw: bytes, key: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES, latest_ms: int | None = None
 ) -> Candidate:
     """Bytes from ``notification-candidates`` -> :class:`Candidate`, or a ContractError."""
-    obj = _load_object(raw, max_bytes)
+    return candidate_from(_load_object(raw, max_bytes), key, latest_ms)
+
+
+def candidate_from(
+    obj: dict[str, Any], key: bytes | None, latest_ms: int | None = None
+) -> Candidate:
+    """A decoded ``notification-candidates`` message whose size was checked -> Candidate."""
     _validate("notification-candidate", obj)
     _check_not_future(obj, "created_at_ms", latest_ms)
     if obj["expires_at_ms"] < obj["created_at_ms"]:

@@ -39,8 +39,11 @@ from streams.contracts import (
     DEFAULT_MAX_BYTES,
     Candidate,
     UserEvent,
+    candidate_from,
+    check_size,
     parse_candidate,
     parse_user_event,
+    user_event_from,
 )
 from streams.errors import (
     ContractError,
@@ -85,6 +88,8 @@ class LogRecord:
     logged: LoggedAction | None = None
     logging_error: str | None = None
     arrival_ms: int | None = None  # when the worker read it (the record's broker timestamp)
+    # ``raw`` decoded, when the envelope held it as an object (``raw`` is then its encoding)
+    value: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def read_record(line: bytes) -> LogRecord:
@@ -105,15 +110,15 @@ def read_record(line: bytes) -> LogRecord:
     kind = CANDIDATES if topic.endswith(CANDIDATES) else EVENTS if topic.endswith(EVENTS) else None
     if kind is None or not isinstance(value, dict | str):
         raise SchemaViolation(f"envelope: unknown topic {topic!r} or value not an object/string")
-    raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
-    implied = value.get("user_id") if isinstance(value, dict) else None
-    key = obj.get("key", implied)
+    decoded = value if isinstance(value, dict) else None
+    raw = orjson.dumps(value) if isinstance(value, dict) else value.encode()
+    key = obj.get("key", None if decoded is None else decoded.get("user_id"))
     arrival = _arrival(obj.get("arrival_ms"))
     try:
         logged = _logged(obj) if kind == CANDIDATES else None
     except (TypeError, ValueError) as exc:
-        return LogRecord(kind, _key(key), raw, None, str(exc), arrival)
-    return LogRecord(kind, _key(key), raw, logged, arrival_ms=arrival)
+        return LogRecord(kind, _key(key), raw, None, str(exc), arrival, decoded)
+    return LogRecord(kind, _key(key), raw, logged, arrival_ms=arrival, value=decoded)
 
 
 def _arrival(value: Any) -> int | None:
@@ -147,6 +152,11 @@ def _logged(obj: dict[str, Any]) -> LoggedAction | None:
 
 def parse_record(record: LogRecord, max_bytes: int = DEFAULT_MAX_BYTES) -> UserEvent | Candidate:
     """The typed message of a record, through the same contracts as the worker."""
+    if record.value is not None:  # decoded with its envelope: the same checks, one decode
+        check_size(record.raw, max_bytes)
+        if record.topic == CANDIDATES:
+            return candidate_from(record.value, record.key)
+        return user_event_from(record.value, record.key)
     if record.topic == CANDIDATES:
         return parse_candidate(record.raw, record.key, max_bytes)
     return parse_user_event(record.raw, record.key, max_bytes)
