@@ -40,6 +40,8 @@ from streams.contracts import (
 from streams.coordination import keep_member_id_on_illegal_generation
 from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.item_service import ItemCounter, item_page
+from streams.item_stats import ItemStatsTable
 from streams.metrics import Metrics
 from streams.pipeline import Decider, StepOutput
 from streams.producer import OutputProducer, Record
@@ -60,7 +62,7 @@ EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agen
 # a crash lost after its tick was acknowledged.
 TICK_LEAD_MS = 60_000
 OUTPUT_TOPICS = ("decisions_topic", "intents_topic", "training_topic", "dead_letters_topic",
-                 "ticks_topic")
+                 "ticks_topic", "item_feedback_topic", "item_stats_topic")
 
 
 class _StateCodec(codecs.Codec):
@@ -258,6 +260,10 @@ class PushflowWorker:
         self.kind_rank = {topic: n for n, topic in enumerate(self.topics_by_kind.values())}
         self.batch = self._new_batch()
         self._write_lock = asyncio.Lock()
+        # Every item's statistics, as published on item-stats (ItemStatsFollower fills it)
+        self.item_stats = ItemStatsTable(
+            half_life_ms=settings.item_half_life_s * 1000, ttl_ms=settings.item_ttl_s * 1000,
+            max_items=settings.item_max_items)
         keep_member_id_on_illegal_generation()
         self.app = self._build_app()
         self._wire()
@@ -341,6 +347,7 @@ class PushflowWorker:
         self._install_commit_barrier()
         self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every)
         self.app.agent(self.training, name="pushflow.train")(self._train_agent)
+        self.items = ItemCounter(self)
         self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)
         self.app.timer(s.snapshot_interval_s, name="pushflow.snapshot")(self._snapshot_timer)
         self.app.timer(5.0, name="pushflow.gauges")(self._update_gauges)
@@ -371,6 +378,12 @@ class PushflowWorker:
         self.app.page("/metrics", name="pushflow-metrics")(metrics)
         self.app.page("/healthz", name="pushflow-health")(health)
         self.app.page("/readyz", name="pushflow-ready")(ready)
+
+        async def items(web: Any, request: Any) -> Any:
+            key = request.query.get("key", "")
+            return web.json(item_page(worker.item_stats, key))
+
+        self.app.page("/items", name="pushflow-items")(items)
 
     def _recovered(self) -> bool:
         return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
@@ -640,6 +653,7 @@ class PushflowWorker:
     def _outputs(self, out: StepOutput, topic: str, partition: int, offset: int) -> list[Output]:
         outputs: list[Output] = [("decisions_topic", d) for d in out.decisions]
         outputs += [("intents_topic", i) for i in out.intents]
+        outputs += [("item_feedback_topic", f) for f in out.feedback]
         for index, example in enumerate(out.examples):
             record = example.record()
             record["source"] = {"topic": topic, "partition": partition, "offset": offset,
@@ -689,6 +703,8 @@ class PushflowWorker:
         for partition, (key, raw) in last.items():
             self.output.produce(self.changelog, key, raw, partition)
         for topic_field, output_key, record in batch.outputs:
+            if topic_field == "item_feedback_topic":  # keyed by item, not by user
+                output_key = record["item"].encode()
             self.output.produce(self.topic_names[topic_field], output_key, encode(record))
             self._count_output(topic_field, record)
         if batch.outputs or last:
@@ -798,6 +814,11 @@ class PushflowWorker:
         if expired:
             self.metrics.expired_users.inc(len(expired))
             log.info("expired %d users inactive for %ds", len(expired), self.settings.user_ttl_s)
+        s = self.settings
+        forgotten = self.items.sweep(self._active_partitions(), s.item_ttl_s * 1000,
+                                     s.item_max_items)
+        if forgotten:
+            log.info("forgot the statistics of %d items", forgotten)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         """Take over training if it is ours now; the due index is rebuilt after recovery."""
@@ -908,6 +929,7 @@ class PushflowWorker:
         active = self._active_partitions()
         states = [state for state in self.table.data.values() if state.partition in active]
         m.table_keys.labels(table="user-state").set(len(states))
+        m.item_stats_items.set(len(self.item_stats))
         m.outbox_size.set(sum(len(s.outbox) for s in states))
         m.pending_labels.set(sum(len(s.pending) for s in states))
         self.is_ready()

@@ -51,6 +51,10 @@ class PendingLabel:
     p_disable: float | None
     model_version: int
     features: dict[str, float]
+    # What was pushed, for the statistics of everyone's feedback on it (streams.item_stats);
+    # None in records written before they were kept.
+    content_id: str | None = None
+    creator_id: str | None = None
 
 
 @dataclass(slots=True)

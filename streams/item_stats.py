@@ -23,10 +23,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:  # annotations only: those modules import this one
+    from streams.attribution import TrainingExample
+    from streams.contracts import Candidate
+    from streams.features import PendingLabel
 
 HOUR = 3_600_000
 SEND, OPEN, DISMISS = 0, 1, 2
@@ -46,6 +52,61 @@ def item_keys(content_id: str | None, creator_id: str | None) -> list[str]:
     if creator_id:
         keys.append(f"creator:{creator_id}")
     return keys
+
+
+def send_feedback(candidate: Candidate, at_ms: int) -> list[dict[str, Any]]:
+    """The item feedback of a push of ``candidate`` going out at ``at_ms``."""
+    keys = item_keys(candidate.content_id, candidate.creator_id)
+    return [feedback_record(key, "send", at_ms, candidate.intent_id) for key in keys]
+
+
+def outcome_feedback(
+    examples: Iterable[TrainingExample], labels: Mapping[str, PendingLabel]
+) -> list[dict[str, Any]]:
+    """The item feedback of resolved labels (``labels``: the pending labels they resolved,
+    by intent id): opens, and dismissals (a disable counts as one); a label that expired
+    unopened adds nothing (its send is counted already)."""
+    records = []
+    for example in examples:
+        outcome = {"opened": "open", "dismissed": "dismiss", "disabled": "dismiss"}.get(
+            example.outcome)
+        label = labels.get(example.intent_id)
+        if outcome is not None and label is not None:
+            records += [feedback_record(key, outcome, example.resolved_at_ms, example.intent_id)
+                        for key in item_keys(label.content_id, label.creator_id)]
+    return records
+
+
+def feedback_record(key: str, outcome: str, at_ms: int, intent_id: str) -> dict[str, Any]:
+    """One ``item-feedback`` record, keyed by ``key`` on its topic.
+
+    >>> parse_feedback(orjson.dumps(feedback_record("content:v-1", "open", 5, "i-1")))
+    ('content:v-1', 1, 5, 'i-1')
+    """
+    return {"item": key, "outcome": outcome, "at_ms": at_ms, "intent_id": intent_id}
+
+
+def parse_feedback(raw: bytes, max_bytes: int = 4096) -> tuple[str, int, int, str]:
+    """(key, outcome, at_ms, intent_id) of an ``item-feedback`` record; a ValueError that
+    says what is wrong for anything else."""
+    if len(raw) > max_bytes:
+        raise ValueError(f"item feedback: {len(raw)} bytes, over {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"item feedback: not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("item feedback: not a JSON object")
+    key, outcome, at, intent_id = (obj.get(k) for k in ("item", "outcome", "at_ms", "intent_id"))
+    if not isinstance(key, str) or not key.startswith(("content:", "creator:")):
+        raise ValueError("item feedback: 'item' must be a content: or creator: key")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"item feedback: 'outcome' must be one of {sorted(OUTCOMES)}")
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        raise ValueError("item feedback: 'at_ms' must be a non-negative integer")
+    if not isinstance(intent_id, str) or not intent_id:
+        raise ValueError("item feedback: 'intent_id' must be a non-empty string")
+    return key, OUTCOMES[outcome], at, intent_id
 
 
 @dataclass(slots=True)

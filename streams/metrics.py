@@ -113,6 +113,21 @@ class Metrics:
         self.pending_labels = Gauge(
             "pushflow_pending_labels", "Sent pushes waiting for their outcome.", registry=registry
         )
+        self.item_feedback = Counter(
+            "pushflow_item_feedback",
+            "Sends, opens and dismissals counted into the statistics of the items this worker "
+            "owns.", ["outcome"], registry=registry,
+        )
+        self.item_stats_items = Gauge(
+            "pushflow_item_stats_items",
+            "Content and creators whose statistics this worker holds (read from item-stats).",
+            registry=registry,
+        )
+        self.item_stats_refused = Counter(
+            "pushflow_item_stats_refused",
+            "Records of the item-stats topic that were not taken, by reason.",
+            ["reason"], registry=registry,
+        )
         self.table_keys = Gauge(
             "pushflow_table_keys", "Keys in local state tables.", ["table"], registry=registry
         )
@@ -172,3 +187,7 @@ class Metrics:
             self.decision_latency.labels(clock=clock)
         for reason in SNAPSHOT_REFUSALS:
             self.snapshots_refused.labels(reason=reason)
+        for outcome in ("send", "open", "dismiss"):
+            self.item_feedback.labels(outcome=outcome)
+        for reason in ("bad_key", "bad_record", "follower_error"):
+            self.item_stats_refused.labels(reason=reason)

@@ -34,6 +34,7 @@ from streams.features import (
     report_zone,
     was_decided,
 )
+from streams.item_stats import outcome_feedback, send_feedback
 from streams.model import PushModel
 from streams.outbox import (
     due,
@@ -88,11 +89,14 @@ class StepOutput:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     intents: list[dict[str, Any]] = field(default_factory=list)
     examples: list[TrainingExample] = field(default_factory=list)
+    # Sends, opens and dismissals by item (streams.item_stats.feedback_record records)
+    feedback: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: StepOutput) -> None:
         self.decisions += other.decisions
         self.intents += other.intents
         self.examples += other.examples
+        self.feedback += other.feedback
 
 
 class Decider:
@@ -144,9 +148,11 @@ class Decider:
         out = self.on_tick(state, max(event.event_time_ms, state.watermark_ms))
         if event.is_feedback:
             report_zone(state, event.tz, event.event_time_ms)
+            pending = dict(state.pending)  # the labels it may resolve, and what they pushed
             ignored, examples = on_feedback(state, event)
             out.ignored = ignored
             out.examples += examples
+            out.feedback += outcome_feedback(examples, pending)
         else:
             observe_activity(state, event.event_time_ms, event.tz)
         if state.outbox and zone_reported(state):
@@ -194,6 +200,7 @@ class Decider:
         out.decisions.append(_decision_record(candidate, decision, scores, now))
         if decision.action == SEND:
             out.intents.append(self._send(state, candidate, decision, scores, features, now))
+            out.feedback += send_feedback(candidate, now)
         return out
 
     def on_tick(self, state: UserState, now_ms: int) -> StepOutput:
@@ -249,6 +256,8 @@ class Decider:
             p_disable=None if basis is None else basis.p_disable,
             model_version=self.model.version if basis is None else basis.model_version,
             features=features,
+            content_id=candidate.content_id,
+            creator_id=candidate.creator_id,
         )
         decided_at = send_at if decided_at is None else decided_at
         return _intent_record(candidate, decision, basis, decided_at, send_at)
@@ -293,7 +302,8 @@ class Decider:
         features = model_features(state, candidate, now)
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
-        return StepOutput(decisions=[record], intents=[intent])
+        return StepOutput(decisions=[record], intents=[intent],
+                          feedback=send_feedback(candidate, now))
 
 
 def decision_time(state: UserState, candidate: Candidate, arrival_ms: int | None) -> int:

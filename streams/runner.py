@@ -11,6 +11,7 @@ from streams.admin import ensure_topics
 from streams.app import PushflowWorker, tls_context
 from streams.broker import EmbeddedBroker
 from streams.garbage import tune_gc
+from streams.item_service import ItemStatsFollower
 from streams.settings import Settings
 from streams.snapshots import SnapshotFollower
 from streams.topics import topic_specs
@@ -46,6 +47,13 @@ def run_worker(settings: Settings) -> None:
         worker.metrics.model_version.set(worker.models.serving.version)
         follower.start()
         stack.callback(follower.stop)
+        refused = worker.metrics.item_stats_refused
+        items = ItemStatsFollower(
+            settings.confluent_config(), settings.topic("item_stats_topic"), settings.partitions,
+            worker.item_stats, on_refused=lambda reason: refused.labels(reason=reason).inc())
+        items.catch_up(timeout=30)
+        items.start()
+        stack.callback(items.stop)
         log.info("worker %s starting; metrics on http://%s:%d/metrics",
                  settings.app_id, settings.web_host, settings.web_port)
         faust_worker = faust.Worker(

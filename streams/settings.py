@@ -81,6 +81,10 @@ class Settings:
     training_topic: str = "training-examples"
     snapshots_topic: str = "model-snapshots"
     ticks_topic: str = "event-time-ticks"
+    # sends, opens and dismissals keyed by content and creator, and what every worker reads
+    # of them (streams.item_stats)
+    item_feedback_topic: str = "item-feedback"
+    item_stats_topic: str = "item-stats"
     session_timeout_s: float = 10.0
     # how long a command waits for the broker before it gives up with an error
     startup_timeout_s: float = 60.0
@@ -116,6 +120,11 @@ class Settings:
     snapshot_interval_s: float = 5.0
     # HMAC-SHA256 key of model snapshots: the trainer signs, followers refuse unsigned ones
     snapshot_key: Secret | None = None
+    # item statistics: half-life of their decayed counts, how long an item not pushed is
+    # kept, and at most how many items each worker holds
+    item_half_life_s: int = 6 * 3600
+    item_ttl_s: int = 7 * 24 * 3600
+    item_max_items: int = 1_000_000
     # --- policy
     daily_cap: int = 5
     min_gap_s: int = 4 * 3600
@@ -175,6 +184,9 @@ class Settings:
         self._check_range("startup_timeout_s", 0.1, 3600.0)
         self._check_choice("log_format", ("text", "json"))
         self._check_range("decided_limit", 1, 1_000_000)
+        self._check_range("item_half_life_s", 1, 365 * 24 * 3600)
+        self._check_range("item_ttl_s", 1, 365 * 24 * 3600)
+        self._check_range("item_max_items", 1, 100_000_000)
         if not 0 < self.decided_horizon_s <= self.user_ttl_s:
             # an idle user's state, and the ids it remembers, is deleted after user_ttl_s
             raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "

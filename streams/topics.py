@@ -44,6 +44,22 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
             settings.topic("training_topic"), 1, settings.replication, {"retention.ms": WEEK_MS}
         )
     )
+    specs.append(  # keyed by item: each record goes to the worker owning the item
+        TopicSpec(
+            settings.topic("item_feedback_topic"),
+            settings.partitions,
+            settings.replication,
+            {"retention.ms": DAY_MS},
+        )
+    )
+    specs.append(  # the newest statistics of each item, read whole by every worker
+        TopicSpec(
+            settings.topic("item_stats_topic"),
+            settings.partitions,
+            settings.replication,
+            {"cleanup.policy": "compact"},
+        )
+    )
     specs.append(
         TopicSpec(
             settings.topic("snapshots_topic"),

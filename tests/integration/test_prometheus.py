@@ -178,7 +178,8 @@ def allowed_label_values(settings: Settings) -> dict[str, Callable[[str, str], b
         "reason": lambda name, v: (
             v in reasons if "decisions" in name else bool(code_like.fullmatch(v))),
         "error_code": lambda name, v: v in codes,
-        "outcome": lambda name, v: v in outcomes,
+        "outcome": lambda name, v: v in outcomes or (
+            name.startswith("pushflow_item_feedback") and v in {"send", "open", "dismiss"}),
         "explore": lambda name, v: v in {"true", "false"},
         "clock": lambda name, v: v in {"event", "processing"},
         "table": lambda name, v: v == "user-state",

@@ -109,3 +109,39 @@ def test_a_follower_replacing_records_keeps_the_total_of_what_it_holds() -> None
 def test_bad_records_are_refused_with_a_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError, match="item statistics"):
         ItemStats.from_bytes(raw)
+
+
+def test_the_decider_reports_sends_and_outcomes_by_content_and_creator() -> None:
+    from streams.contracts import Candidate, UserEvent
+    from streams.features import UserState, state_from_bytes, state_to_bytes
+    from streams.model import PushModel
+    from streams.pipeline import Decider, DeciderConfig
+    from streams.policy import PolicyConfig
+
+    step = Decider(PushModel(), DeciderConfig(policy=PolicyConfig(
+        quiet_start_hour=0, quiet_end_hour=0, holdout_share=0, threshold=0.0)))
+    state = UserState("u1")
+    candidate = Candidate("c1", "u1", "trending", "v1", 0, 3_600_000, creator_id="cr-1")
+    sent = step.on_candidate(state, candidate)
+    assert [(r["item"], r["outcome"]) for r in sent.feedback] == [
+        ("content:v1", "send"), ("creator:cr-1", "send")]
+    state = state_from_bytes(state_to_bytes(state))  # through the changelog
+    opened = step.on_event(state, UserEvent(
+        event_id="e1", user_id="u1", type="push_opened", event_time_ms=60_000, tz="UTC",
+        intent_id=candidate.intent_id))
+    assert [(r["item"], r["outcome"], r["at_ms"]) for r in opened.feedback] == [
+        ("content:v1", "open", 60_000), ("creator:cr-1", "open", 60_000)]
+
+
+def test_a_pending_label_written_before_items_were_kept_still_loads() -> None:
+    import orjson
+
+    from streams.features import PendingLabel, UserState, state_from_bytes, state_to_bytes
+
+    state = UserState("u1")
+    state.pending["i1"] = PendingLabel("i1", "c1", "trending", 0, 10, 0.1, 0.0, 1, {})
+    obj = orjson.loads(state_to_bytes(state))
+    for key in ("content_id", "creator_id"):
+        del obj["pending"]["i1"][key]
+    loaded = state_from_bytes(orjson.dumps(obj))
+    assert loaded.pending["i1"].content_id is None
