@@ -132,6 +132,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 RATE_NAMES = ("running_constant", "per_user", "per_content", "per_creator", "per_kind")
 RATE_STRENGTH = 10.0  # pseudo-labels of the prior of every per-group rate
 Keys = tuple[str, str, str, str]  # user_id, content_id, creator_id ("" if none), kind
+KEY_NAMES = ("user_id", "content_id", "creator_id", "kind")
 
 
 class RateBaselines:
@@ -224,6 +225,9 @@ def batch_baseline(
     }
     if all(len(e.rates) == len(RATE_NAMES) for e in test):
         for i, name in enumerate(RATE_NAMES):
+            if i > 0 and not any(e.keys[i - 1] for e in test):
+                report[name + "_skipped"] = f"no {KEY_NAMES[i - 1]} in the log"
+                continue
             report[name] = _figures([e.rates[i] for e in test], y_test)
     report["batch_lr"] = _figures(batch.tolist(), y_test)
     gbm = lightgbm_baseline(train, test, names)

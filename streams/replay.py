@@ -280,8 +280,9 @@ def _baseline_lines(b: dict[str, Any]) -> Iterator[str]:
         f = b[name]
         yield f"  {name:<17} {f['n']:>7} {_num(f['auc']):>8} {_num(f['log_loss']):>9} " \
               f"{_num(f['ece']):>8}"
-    if "lightgbm_skipped" in b:
-        yield f"  lightgbm skipped: {b['lightgbm_skipped']}"
+    for name in BASELINES:
+        if name + "_skipped" in b:
+            yield f"  {name} skipped: {b[name + '_skipped']}"
     best, verdict = b.get("best") or {}, b.get("verdict") or {}
     if best:
         yield f"  best baseline: {best.get('log_loss') or '-'} by log loss, " \
@@ -612,7 +613,7 @@ _setting_flags = setting_flags(_FLAGS)
               help="Score with a copy of the model refreshed every N examples (0: at once).")
 @click.option("--baseline-share", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
               default=0.5, show_default=True,
-              help="Share of labeled examples (by decision time) the batch baseline fits on.")
+              help="Share of labeled examples (by decision time) the batch baselines fit on.")
 @click.option("--window", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Labels covered by the prequential figures.")
 @click.option("--decisions-out", type=click.File("wb"), default=None,
