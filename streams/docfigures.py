@@ -19,6 +19,7 @@ Everything is seeded, so two runs on the same code give the same text.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -190,8 +191,7 @@ def baseline_table(reports: dict[str, ReplayReport]) -> list[str]:
                    else f"{b['test']} ({b['train']})"))
     for model in ("online", *BASELINES):
         label = "**online (prequential)**" if model == "online" else model
-        out.append(row(label, lambda b, m=model: _cell(b.get(m)) if m in b
-                       else f"skipped: {b.get(m + '_skipped', b.get('skipped'))}"))
+        out.append(row(label, functools.partial(_model_cell, model)))
     out.append(row("best baseline (log loss; AUC)", lambda b: "-" if "best" not in b
                    else f"{b['best']['log_loss'] or '-'}; {b['best']['auc'] or '-'}"))
     out.append(row("online AUC ≥ best baseline AUC", lambda b: "-" if "verdict" not in b
@@ -199,6 +199,12 @@ def baseline_table(reports: dict[str, ReplayReport]) -> list[str]:
     out.append(row("online log loss < constants'", lambda b: "-" if "verdict" not in b
                    else _yes(b["verdict"]["log_loss_beats_constant"])))
     return out
+
+
+def _model_cell(model: str, b: dict[str, Any]) -> str:
+    if model in b:
+        return _cell(b[model])
+    return f"skipped: {b.get(model + '_skipped', b.get('skipped'))}"
 
 
 def _yes(flag: bool) -> str:
