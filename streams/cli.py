@@ -1,4 +1,5 @@
-"""The ``pushflow`` command: worker, demo, simulate, topics, replay, convert, evaluate.
+"""The ``pushflow`` command: worker, demo, simulate, topics, replay(-figures), convert,
+evaluate.
 
 Every setting comes from ``PUSHFLOW_*`` environment variables; the flags below override them
 (``--help`` names each flag's variable). With no broker configured, ``worker`` and ``demo``
@@ -198,12 +199,14 @@ def topics_create(timeout: float | None, **flags: Any) -> None:
 
 
 def _register_offline_commands() -> None:
-    """Commands that need no broker: replay, convert, evaluate."""
+    """Commands that need no broker: replay, replay-figures, convert, evaluate."""
+    from streams.docfigures import replay_figures_command
     from streams.evaluate import evaluate_command
     from streams.obd import convert_command
     from streams.replay import replay_command
 
     main.add_command(replay_command, "replay")
+    main.add_command(replay_figures_command, "replay-figures")
     main.add_command(convert_command, "convert")
     main.add_command(evaluate_command, "evaluate")
 

@@ -15,14 +15,18 @@ from streams.pipeline import DeciderConfig
 from streams.policy import PolicyConfig
 from streams.settings import Settings
 
+POLICY_ONLY = frozenset({"dedupe_content"})  # PolicyConfig fields Settings does not carry
+
 
 def decider_config(settings: Settings) -> DeciderConfig:
     """The pure core's configuration, taken from Settings once.
 
-    Every PolicyConfig field has a Settings field of the same name; ``*_ms`` fields come from
-    the ``*_s`` setting in seconds.
+    Every PolicyConfig field but those of ``POLICY_ONLY`` (left at their defaults, set with
+    ``replay --policy``) has a Settings field of the same name; ``*_ms`` fields come from the
+    ``*_s`` setting in seconds.
     """
-    policy = PolicyConfig(**{f.name: _setting(settings, f.name) for f in fields(PolicyConfig)})
+    policy = PolicyConfig(**{f.name: _setting(settings, f.name) for f in fields(PolicyConfig)
+                             if f.name not in POLICY_ONLY})
     return DeciderConfig(
         policy=policy,
         attribution_window_ms=settings.attribution_window_s * 1000,

@@ -6,7 +6,9 @@ whether it was clicked. Each logged impression becomes, for one synthetic user (
 four user-feature columns):
 
 1. an ``app_open`` at the impression time: the user was on the site;
-2. a ``notification-candidate`` for the shown item, its kind from the item's category, with
+2. a ``notification-candidate`` for the shown item (``content_id`` ``item-{item_id}``, the
+   same for every impression of that item; OBD names no brand or seller, so no
+   ``creator_id``), its kind from the item's category, with
    what the logging policy did in the envelope: ``logged_action: send``,
    ``logging_propensity`` and ``logged_reward`` (the click);
 3. one second later, ``push_opened`` naming the intent id our worker gives that candidate if
@@ -83,7 +85,7 @@ def impression(
     visit = _event(f"{candidate_id}:visit", user_id, "app_open", at_ms, None)
     candidate = {
         "candidate_id": candidate_id, "user_id": user_id, "kind": kinds.get(item, "item_unknown"),
-        "content_id": f"item-{item}:{row['']}", "created_at_ms": at_ms,
+        "content_id": f"item-{item}", "created_at_ms": at_ms,
         "expires_at_ms": at_ms + EXPIRY_MS, "tz": TZ,
         "title": f"item {item} at position {row['position']}",
     }

@@ -1,13 +1,22 @@
-"""Off-policy and batch estimators for the offline replay.
+"""Off-policy estimators and baselines for the offline replay.
 
 Inverse propensity scoring (IPS and self-normalised SNIPS, with normal 95% intervals) of a
-send/suppress policy from logged candidates, and a batch logistic-regression baseline fit on
-the first part of a log and scored on the rest, beside the online model.
+send/suppress policy from logged candidates, and the baselines the online model is judged
+against on the same test rows (the second part of the labels by decision time):
+
+- online rates, scored at decision time and updated with every label as it is learned,
+  exactly like the online model (:class:`RateBaselines`): a running constant (the base rate
+  of every label learned so far) and Beta-smoothed open rates per user, per content, per
+  creator and per kind, each with its prior centred on the running base rate;
+- batch models fit on the first part of the labels and frozen: an L2 logistic regression on
+  the model's features, LightGBM on the same features plus the label-encoded user, content,
+  creator and kind (when ``lightgbm`` imports), and the training base rate as a constant.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,19 +129,85 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
 
 
+RATE_NAMES = ("running_constant", "per_user", "per_content", "per_creator", "per_kind")
+RATE_STRENGTH = 10.0  # pseudo-labels of the prior of every per-group rate
+Keys = tuple[str, str, str, str]  # user_id, content_id, creator_id ("" if none), kind
+KEY_NAMES = ("user_id", "content_id", "creator_id", "kind")
+
+
+class RateBaselines:
+    """Online open-rate baselines: a running base rate and Beta-smoothed per-group rates.
+
+    :meth:`predict` scores one row from the labels learned so far, :meth:`learn` adds its
+    label; a replay scores each candidate when it is decided and learns each label when the
+    online model does. The running base rate is ``(opens + 0.5) / (labels + 1)``; a group's
+    rate is ``(group opens + s * base) / (group labels + s)`` with ``s`` = ``strength``
+    pseudo-labels, so an unseen group gets the base rate.
+
+    >>> r = RateBaselines(strength=2.0)
+    >>> r.predict(("u1", "c1", "", "k"))
+    (0.5, 0.5, 0.5, 0.5, 0.5)
+    >>> for label in (1, 1, 0):
+    ...     r.learn(("u1", "c1", "", "k"), label)
+    >>> r.learn(("u2", "c2", "", "k"), 0)
+    >>> [round(p, 3) for p in r.predict(("u1", "c3", "", "k"))]
+    [0.5, 0.6, 0.5, 0.5, 0.5]
+    """
+
+    def __init__(self, strength: float = RATE_STRENGTH) -> None:
+        self.strength = strength
+        self.labels = self.opens = 0
+        self.groups: tuple[dict[str, list[int]], ...] = ({}, {}, {}, {})
+
+    def base_rate(self) -> float:
+        return (self.opens + 0.5) / (self.labels + 1)
+
+    def predict(self, keys: Keys) -> tuple[float, ...]:
+        base, s = self.base_rate(), self.strength
+        rates = [base]
+        for table, key in zip(self.groups, keys, strict=True):
+            n, opens = table.get(key, (0, 0))
+            rates.append((opens + s * base) / (n + s))
+        return tuple(rates)
+
+    def learn(self, keys: Keys, label: int) -> None:
+        self.labels += 1
+        self.opens += label
+        for table, key in zip(self.groups, keys, strict=True):
+            cell = table.get(key)
+            if cell is None:
+                table[key] = [1, label]
+            else:
+                cell[0] += 1
+                cell[1] += label
+
+
 @dataclass(frozen=True, slots=True)
 class Labeled:
-    """A learned example with the p_open the online model gave it at decision time."""
+    """A learned example with the p_open the online model gave it at decision time, the
+    row's user, content, creator and kind, and the online rate baselines' p at that time
+    (in :data:`RATE_NAMES` order; empty when not known)."""
 
     decided_at_ms: int
     features: dict[str, float]
     p_open: float
     label: int
+    keys: Keys = ("", "", "", "")
+    rates: tuple[float, ...] = ()
 
 
-def batch_baseline(labeled: list[Labeled], train_share: float = 0.5) -> dict[str, Any]:
-    """Batch LR fit on the first ``train_share`` of examples (by decision time), scored on the
-    rest beside the online model's prequential p_open and a constant base rate."""
+def batch_baseline(
+    labeled: list[Labeled], train_share: float = 0.5, rate_strength: float = RATE_STRENGTH
+) -> dict[str, Any]:
+    """Every baseline beside the online model's prequential p_open, on the same test rows.
+
+    The first ``train_share`` of examples (by decision time) is the training part of the
+    batch models; the rest is the test part on which every model is scored: the online
+    model, the online rates (:class:`RateBaselines`, taken from each row), the batch LR,
+    LightGBM, and the constant training base rate. ``best`` names the baseline with the
+    lowest log loss and the one with the highest AUC; ``verdict`` says whether the online
+    model's AUC is at least the best baseline AUC and its log loss below both constants'.
+    """
     ordered = sorted(labeled, key=lambda e: e.decided_at_ms)
     cut = int(len(ordered) * train_share)
     train, test = ordered[:cut], ordered[cut:]
@@ -143,13 +218,113 @@ def batch_baseline(labeled: list[Labeled], train_share: float = 0.5) -> dict[str
     y_train, y_test = np.array([e.label for e in train]), [e.label for e in test]
     l2 = choose_l2(x_train, y_train)
     batch = BatchLogistic(l2).fit(x_train, y_train).predict_proba(x_test)
-    return {
+    report: dict[str, Any] = {
         "train": len(train), "test": len(test), "split_at_ms": test[0].decided_at_ms,
-        "features": len(names), "l2": l2,
+        "features": len(names), "l2": l2, "rate_strength": rate_strength,
         "online": _figures([e.p_open for e in test], y_test),
-        "batch_lr": _figures(batch.tolist(), y_test),
-        "constant": _figures([float(y_train.mean())] * len(test), y_test),
     }
+    if all(len(e.rates) == len(RATE_NAMES) for e in test):
+        for i, name in enumerate(RATE_NAMES):
+            if i > 0 and not any(e.keys[i - 1] for e in test):
+                report[name + "_skipped"] = f"no {KEY_NAMES[i - 1]} in the log"
+                continue
+            report[name] = _figures([e.rates[i] for e in test], y_test)
+    report["batch_lr"] = _figures(batch.tolist(), y_test)
+    gbm = lightgbm_baseline(train, test, names)
+    if isinstance(gbm, str):
+        report["lightgbm_skipped"] = gbm
+    else:
+        report["lightgbm"] = _figures(gbm[0].tolist(), y_test)
+        report["lightgbm_rounds"] = gbm[1]
+    report["constant"] = _figures([float(y_train.mean())] * len(test), y_test)
+    report.update(_verdict(report))
+    return report
+
+
+BASELINES = (*RATE_NAMES, "batch_lr", "lightgbm", "constant")
+
+
+def _verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """The best baseline (log loss; AUC) and how the online model stands against them."""
+    present = [n for n in BASELINES if n in report]
+    def finite(name: str, key: str) -> float:
+        value = report[name][key]
+        return value if value is not None and math.isfinite(value) else math.nan
+    by_loss = [n for n in present if math.isfinite(finite(n, "log_loss"))]
+    by_auc = [n for n in present if math.isfinite(finite(n, "auc"))]
+    best_loss = min(by_loss, key=lambda n: finite(n, "log_loss"), default=None)
+    best_auc = max(by_auc, key=lambda n: finite(n, "auc"), default=None)
+    online_auc, online_loss = finite("online", "auc"), finite("online", "log_loss")
+    constants = [n for n in ("running_constant", "constant") if n in report]
+    return {
+        "best": {"log_loss": best_loss, "auc": best_auc},
+        "verdict": {
+            "auc_at_least_best": bool(best_auc is not None
+                                      and online_auc >= finite(best_auc, "auc")),
+            "log_loss_beats_constant": bool(constants) and all(
+                online_loss < finite(n, "log_loss") for n in constants),
+        },
+    }
+
+
+def _encode(train: Sequence[Labeled], test: Sequence[Labeled]) -> tuple[np.ndarray, np.ndarray]:
+    """The four keys as integer codes in order of first appearance in ``train``; a key not
+    seen in training is missing (NaN) in ``test``."""
+    codes: list[dict[str, int]] = [{}, {}, {}, {}]
+    def rows(part: Sequence[Labeled], grow: bool) -> np.ndarray:
+        out = np.full((len(part), 4), np.nan)
+        for r, e in enumerate(part):
+            for c, key in enumerate(e.keys):
+                table = codes[c]
+                if grow and key not in table:
+                    table[key] = len(table)
+                out[r, c] = table.get(key, np.nan)
+        return out
+    return rows(train, True), rows(test, False)
+
+
+LGBM_PARAMS: dict[str, Any] = {
+    "objective": "binary", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 20,
+    "lambda_l2": 1.0, "cat_smooth": 10.0, "min_data_per_group": 20, "verbose": -1,
+    "deterministic": True, "force_col_wise": True, "num_threads": 1, "seed": 7,
+}
+LGBM_MAX_ROUNDS = 400
+
+
+def lightgbm_baseline(
+    train: Sequence[Labeled], test: Sequence[Labeled], names: list[str]
+) -> tuple[np.ndarray, int] | str:
+    """LightGBM's p on ``test`` and its number of rounds, or why it was skipped.
+
+    Gradient-boosted trees on the model's features plus the label-encoded user, content,
+    creator and kind (as categorical features), fit on ``train``. The number of rounds is
+    chosen like the LR's penalty: early stopping (50 rounds) on the newest quarter of the
+    training part when fit on the rest, then a refit on all of it. Seeded, one thread,
+    ``deterministic``: the same rows give the same figures.
+    """
+    try:
+        import lightgbm
+    except ImportError:
+        return "lightgbm is not installed (pip install lightgbm)"
+    y = np.array([e.label for e in train], dtype=float)
+    codes_train, codes_test = _encode(train, test)
+    x_train = np.hstack([_matrix(list(train), names), codes_train])
+    x_test = np.hstack([_matrix(list(test), names), codes_test])
+    columns = [f"f{i}" for i in range(len(names))] + ["user", "content", "creator", "kind"]
+    categorical = columns[-4:]
+    cut = int(len(y) * 0.75)
+    rounds = LGBM_MAX_ROUNDS // 4
+    if 0 < cut < len(y) and len(set(y[:cut].tolist())) == 2 and len(set(y[cut:].tolist())) == 2:
+        fit = lightgbm.Dataset(x_train[:cut], y[:cut], feature_name=columns,
+                               categorical_feature=categorical, free_raw_data=False)
+        valid = lightgbm.Dataset(x_train[cut:], y[cut:], reference=fit)
+        booster = lightgbm.train(
+            LGBM_PARAMS, fit, LGBM_MAX_ROUNDS, valid_sets=[valid],
+            callbacks=[lightgbm.early_stopping(50, verbose=False)])
+        rounds = max(1, booster.best_iteration)
+    full = lightgbm.Dataset(x_train, y, feature_name=columns, categorical_feature=categorical)
+    booster = lightgbm.train(LGBM_PARAMS, full, rounds)
+    return np.asarray(booster.predict(x_test), dtype=float), rounds
 
 
 def choose_l2(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = L2_GRID) -> float:

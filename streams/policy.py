@@ -67,6 +67,8 @@ class PolicyConfig:
     of at least ``send_time_min_gain`` in send score). ``volume_target`` > 0 turns on the
     per-user volume controller (:func:`effective_threshold`). ``dismiss_weight`` lowers the
     send score of users whose dismiss rate exceeds the prior mean (:func:`dismiss_penalty`).
+    ``dedupe_content`` off skips the decision-time guardrail against sending a user the same
+    ``content_id`` twice in a day (for logs whose "users" are cohorts, such as Open Bandit).
 
     Examples
     --------
@@ -93,6 +95,7 @@ class PolicyConfig:
     send_time_min_gain: float = 0.01
     volume_target: float = 0.0
     volume_gain: float = 0.1
+    dedupe_content: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,7 @@ def _hard_stop(
         return _decision(SUPPRESS, "expired", config, holdout=holdout)
     if was_decided(state, candidate.candidate_id, now_ms):
         return _decision(SUPPRESS, "duplicate", config, holdout=holdout)
-    if duplicate_content(state, candidate, now_ms):
+    if config.dedupe_content and duplicate_content(state, candidate, now_ms):
         return _decision(SUPPRESS, "duplicate", config, holdout=holdout)
     if state.disabled and not candidate.critical:
         return _decision(SUPPRESS, "user_disabled", config, holdout=holdout)

@@ -58,7 +58,15 @@ from streams.features import UserState
 from streams.flags import setting_flags
 from streams.garbage import tune_gc
 from streams.model import PushModel
-from streams.offpolicy import Labeled, batch_baseline, ips_estimates
+from streams.offpolicy import (
+    BASELINES,
+    RATE_STRENGTH,
+    Keys,
+    Labeled,
+    RateBaselines,
+    batch_baseline,
+    ips_estimates,
+)
 from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import in_holdout
 from streams.progress import bar, check_writable, done
@@ -179,6 +187,8 @@ class ReplayOptions:
     window: int = 100_000
     baseline_share: float = 0.5
     user_ttl_ms: int = 30 * 86_400_000  # forget idle users, as the worker's TTL sweep does
+    rate_strength: float = RATE_STRENGTH  # prior pseudo-labels of the per-group rate baselines
+    max_tracked: int = 1_000_000  # sent intents awaiting a label whose keys are kept (oldest go)
 
 
 @dataclass
@@ -258,14 +268,31 @@ def _report_lines(r: ReplayReport) -> Iterator[str]:
 
 def _baseline_lines(b: dict[str, Any]) -> Iterator[str]:
     if "skipped" in b or not b:
-        yield f"batch baseline: skipped ({b.get('skipped', 'no labels')})"
+        yield f"baselines: skipped ({b.get('skipped', 'no labels')})"
         return
-    yield f"batch baseline: fit on {b['train']} labels, scored on the next {b['test']} " \
-          f"({b['features']} features, l2 {b['l2']:g} chosen on the newest training quarter)"
-    yield f"  {'model':<10} {'AUC':>8} {'log loss':>9} {'ECE':>8}"
-    for name in ("online", "batch_lr", "constant"):
+    yield f"baselines on the last {b['test']} labels by decision time (batch models fit on the " \
+          f"first {b['train']}; {b['features']} features, LR l2 {b['l2']:g}; rates: prior " \
+          f"{b.get('rate_strength', RATE_STRENGTH):g} labels at the running base rate)"
+    yield f"  {'model':<17} {'n':>7} {'AUC':>8} {'log loss':>9} {'ECE':>8}"
+    for name in ("online", *BASELINES):
+        if name not in b:
+            continue
         f = b[name]
-        yield f"  {name:<10} {_num(f['auc']):>8} {_num(f['log_loss']):>9} {_num(f['ece']):>8}"
+        yield f"  {name:<17} {f['n']:>7} {_num(f['auc']):>8} {_num(f['log_loss']):>9} " \
+              f"{_num(f['ece']):>8}"
+    for name in BASELINES:
+        if name + "_skipped" in b:
+            yield f"  {name} skipped: {b[name + '_skipped']}"
+    best, verdict = b.get("best") or {}, b.get("verdict") or {}
+    if best:
+        yield f"  best baseline: {best.get('log_loss') or '-'} by log loss, " \
+              f"{best.get('auc') or '-'} by AUC; online AUC at least the best: " \
+              f"{_yes(verdict.get('auc_at_least_best'))}; online log loss below the " \
+              f"constants': {_yes(verdict.get('log_loss_beats_constant'))}"
+
+
+def _yes(flag: Any) -> str:
+    return "yes" if flag else "no"
 
 
 def _off_policy_lines(o: dict[str, Any] | None) -> Iterator[str]:
@@ -337,6 +364,9 @@ class Replayer:
         self.p_send: dict[str, float] = {}
         self.p_disable: dict[str, float | None] = {}
         self.opened: set[str] = set()
+        self.rates = RateBaselines(options.rate_strength)
+        # intent id -> (user, content, creator, kind) and the rate baselines' p at decision
+        self.tracked: dict[str, tuple[Keys, tuple[float, ...]]] = {}
 
     def feed(self, line: bytes) -> None:
         """One log line: parse, step its user, learn what resolved, tick if event time moved."""
@@ -377,7 +407,22 @@ class Replayer:
             self.clock.exact = True  # the state may be half-stepped: tick every user from now on
             return self._dead_letter(ProcessingError(f"{type(exc).__name__}: {exc}"))
         self.states[message.user_id] = state
+        if isinstance(message, Candidate):
+            self._track(message, out)
         self._absorb(message.user_id, state, out)
+
+    def _track(self, candidate: Candidate, out: StepOutput) -> None:
+        """Keep a sent (or held) candidate's keys and the rate baselines' p at decision time,
+        to score them on its label as the model's p_open is; bounded, oldest dropped."""
+        intent_id = candidate.intent_id
+        if not any(d["decision_id"] == intent_id and d["action"] in (SEND, HOLD)
+                   for d in out.decisions):
+            return
+        keys = (candidate.user_id, candidate.content_id, candidate.creator_id or "",
+                candidate.kind)
+        self.tracked[intent_id] = (keys, self.rates.predict(keys))
+        if len(self.tracked) > self.options.max_tracked:
+            del self.tracked[next(iter(self.tracked))]
 
     def _tick(self) -> None:
         """The worker's timer on event time: every user with pending labels or held pushes.
@@ -448,17 +493,19 @@ class Replayer:
     def _learn(self, example: TrainingExample) -> None:
         logged = self.logged.get(example.intent_id)
         p_disable = self.p_disable.pop(example.intent_id, None)
+        tracked = self.tracked.pop(example.intent_id, None)
         if logged is not None and logged[1].action == SUPPRESS:
             self.report.unlogged_labels += 1  # the log cannot know this outcome: not learned
             return
         self.counts["lab"][example.outcome] += 1
         self._count_group(example)
+        keys, rates = tracked if tracked is not None else ((example.user_id, "", "", ""), ())
         if example.p_open is not None:
             self.prequential.update(example.p_open, example.label)
             self.curve.update(self.prequential)
-            self.labeled.append(
-                Labeled(example.decided_at_ms, example.features, example.p_open, example.label)
-            )
+            self.labeled.append(Labeled(example.decided_at_ms, example.features, example.p_open,
+                                        example.label, keys, rates or self.rates.predict(keys)))
+        self.rates.learn(keys, example.label)
         if p_disable is not None:
             p = min(max(p_disable, EPS), 1 - EPS)
             self.disable_loss[0] -= math.log(p if example.disabled else 1 - p)
@@ -501,7 +548,8 @@ class Replayer:
         loss, n = self.disable_loss
         r.p_disable_log_loss = loss / n if n else math.nan
         r.off_policy = self._off_policy()
-        r.baseline = batch_baseline(self.labeled, self.options.baseline_share)
+        r.baseline = batch_baseline(self.labeled, self.options.baseline_share,
+                                    self.options.rate_strength)
         self.curve.update(self.prequential, force=True)
         r.learning_curve = list(self.curve.points)
         r.timeline = {
@@ -565,7 +613,7 @@ _setting_flags = setting_flags(_FLAGS)
               help="Score with a copy of the model refreshed every N examples (0: at once).")
 @click.option("--baseline-share", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
               default=0.5, show_default=True,
-              help="Share of labeled examples (by decision time) the batch baseline fits on.")
+              help="Share of labeled examples (by decision time) the batch baselines fit on.")
 @click.option("--window", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Labels covered by the prequential figures.")
 @click.option("--decisions-out", type=click.File("wb"), default=None,

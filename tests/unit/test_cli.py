@@ -33,7 +33,7 @@ def options(command: click.Command) -> dict[str, click.Option]:
 
 def test_every_command_is_reachable() -> None:
     assert set(commands()) == {"worker", "demo", "simulate", "topics create", "replay",
-                               "convert obd", "evaluate"}
+                               "replay-figures", "convert obd", "evaluate"}
 
 
 # Flags that set a Settings field of the same name (others share a name, not a meaning:
@@ -50,6 +50,7 @@ SETTING_FLAGS = {
                "--attribution-window-s", "--learning-rate", "--seed", "--tick-interval-s"},
     "evaluate": {"--threshold"},
     "convert obd": set(),
+    "replay-figures": set(),
 }
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import tarfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from streams.contracts import intent_id_for, parse_candidate, parse_user_event
+from streams.model import PushModel
 from streams.obd import (
     TZ,
     convert,
@@ -22,14 +25,23 @@ from streams.obd import (
 )
 from streams.pipeline import DeciderConfig
 from streams.policy import PolicyConfig
-from streams.replay import CANDIDATES, EVENTS, read_record, replay
+from streams.replay import (
+    CANDIDATES,
+    EVENTS,
+    Replayer,
+    ReplayOptions,
+    read_record,
+    replay,
+    replay_command,
+    with_policy_overrides,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "obd"
 # OBD shows items to cohorts of users on a web page: none of our per-user guardrails apply.
 SEND_ALL = DeciderConfig(attribution_window_ms=60_000, policy=PolicyConfig(
     threshold=0.0, disable_weight=0.0, daily_cap=10**9, min_gap_ms=0, quiet_start_hour=0,
     quiet_end_hour=0, holdout_share=0.0, explore_share=0.0, dismiss_weight=0.0,
-    send_time=False))
+    send_time=False, dedupe_content=False))
 
 
 def rows(policy: str) -> list[dict[str, str]]:
@@ -138,3 +150,58 @@ def test_replay_of_the_slice_learns_every_impression(policy: str) -> None:
     weights = [1 / float(r["propensity_score"]) for r in rows(policy)]
     snips = sum(w * int(r["click"]) for w, r in zip(weights, rows(policy), strict=True))
     assert off["snips_open_rate"] == pytest.approx(snips / sum(weights))
+
+
+def test_content_is_the_item_so_it_repeats_across_impressions() -> None:
+    candidates = [e["value"] for e in envelopes("random") if e["topic"] == CANDIDATES]
+    assert {c["content_id"] for c in candidates} == {f"item-{r['item_id']}" for r in rows("random")}
+    assert len({c["content_id"] for c in candidates}) < len(candidates)
+    assert all("creator_id" not in c for c in candidates)  # OBD names no brand or seller
+
+
+def test_dedupe_content_false_sends_an_item_a_cohort_saw_today() -> None:
+    lines = [orjson.dumps(e) for e in envelopes("random")]
+    deduped = replay(lines, dataclasses.replace(
+        SEND_ALL, policy=dataclasses.replace(SEND_ALL.policy, dedupe_content=True)))
+    assert deduped.decisions.get("duplicate", 0) > 0
+    assert "duplicate" not in replay(lines, SEND_ALL).decisions
+    overridden = with_policy_overrides(DeciderConfig(), ["dedupe_content=false"])
+    assert overridden.policy.dedupe_content is False
+    assert with_policy_overrides(overridden, ["dedupe_content=true"]).policy.dedupe_content
+
+
+def test_replay_command_takes_dedupe_content_false(tmp_path: Path) -> None:
+    log, out = tmp_path / "obd.jsonl", tmp_path / "report.json"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in envelopes("random")))
+    common = [str(log), "--no-progress", "--threshold", "0", "--disable-weight", "0",
+              "--daily-cap", "1000000", "--min-gap-s", "0", "--quiet-start-hour", "0",
+              "--quiet-end-hour", "0", "--holdout-share", "0", "--attribution-window-s", "60",
+              "--policy", "send_time=false", "--policy", "dismiss_weight=0"]
+    decisions = []
+    for extra in ([], ["--policy", "dedupe_content=false"]):
+        result = CliRunner().invoke(replay_command, [*common, *extra, "--report-json", str(out)])
+        assert result.exit_code == 0, result.output
+        decisions.append(orjson.loads(out.read_bytes())["decisions"])
+    assert decisions[0].get("duplicate", 0) > 0 and decisions[1] == {"above_threshold": 200}
+
+
+def test_rate_baselines_are_prequential_over_every_label_in_time_order() -> None:
+    """Labels resolve within a minute; with impressions ten minutes apart each row's running
+    and per-cohort rates are those of exactly the labels before it."""
+    spaced = [{**r, "timestamp": "2019-11-24 00:00:00+00:00"} for r in rows("bts")]
+    start = datetime.fromisoformat(spaced[0]["timestamp"])
+    for n, row in enumerate(spaced):
+        row["timestamp"] = (start + timedelta(minutes=10 * n)).isoformat()
+    replayer = Replayer(SEND_ALL, PushModel(), ReplayOptions())
+    for envelope in convert(spaced, kinds("bts"), "bts-all"):
+        replayer.feed(orjson.dumps(envelope))
+    replayer.finish()
+    seen: list[tuple[str, int]] = []
+    for row in replayer.labeled:
+        opens, n = sum(y for _, y in seen), len(seen)
+        base = (opens + 0.5) / (n + 1)
+        mine = [y for u, y in seen if u == row.keys[0]]
+        assert row.rates[0] == pytest.approx(base)
+        assert row.rates[1] == pytest.approx((sum(mine) + 10 * base) / (len(mine) + 10))
+        seen.append((row.keys[0], row.label))
+    assert len(seen) > 190 and replayer.rates.labels == len(seen)

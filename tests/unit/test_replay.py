@@ -23,6 +23,7 @@ from streams.contracts import (
     parse_candidate,
     parse_user_event,
 )
+from streams.docfigures import LOGGING, START, envelope, record_log  # noqa: F401
 from streams.evaluation import exact_auc
 from streams.features import UserState
 from streams.model import PushModel
@@ -37,43 +38,10 @@ from streams.replay import (
     replay,
     replay_command,
 )
-from streams.simulator import Population
 
-START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
-# The recorded policy never holds (no quiet hours), so each candidate's logged action is final.
-LOGGING = DeciderConfig(policy=PolicyConfig(quiet_start_hour=0, quiet_end_hour=0, send_time=False))
 OPTIONS = ReplayOptions(tick_interval_ms=60_000)  # a coarser timer keeps the tests fast
 Record = tuple[str, bytes | None, bytes, dict[str, Any] | None]  # topic, key, raw, logging
-
-
-def record_log(seed: int = 3, users: int = 100, hours: int = 48) -> list[Record]:
-    """Kafka-like input records of a closed loop: simulator <-> logging Decider."""
-    pop, model, states = Population(seed, users, START), PushModel(), dict[str, UserState]()
-    decider = Decider(model, LOGGING)
-    records: list[Record] = []
-    for until in range(START + HOUR // 6, START + hours * HOUR + 1, HOUR // 6):
-        for topic, message in pop.advance(until):
-            raw, key = orjson.dumps(message), message["user_id"].encode()
-            state = states.setdefault(message["user_id"], UserState(message["user_id"]))
-            if topic == CANDIDATES:
-                out = decider.on_candidate(state, parse_candidate(raw, key))
-            else:
-                out = decider.on_event(state, parse_user_event(raw, key))
-            records.append((topic, key, raw, _logged(out, message)))
-            for intent in out.intents:
-                pop.deliver(intent)
-            for ex in out.examples:
-                model.learn(ex.features, opened=bool(ex.label), disabled=bool(ex.disabled))
-    return records
-
-
-def _logged(out: StepOutput, message: dict[str, Any]) -> dict[str, Any] | None:
-    mine = [d for d in out.decisions if d["candidate_id"] == message.get("candidate_id")]
-    if not mine:
-        return None
-    action = "send" if mine[-1]["action"] == "send" else "suppress"
-    return {"logged_action": action, "logging_propensity": mine[-1]["propensity"]}
 
 
 BAD_RECORDS: list[Record] = [
@@ -95,17 +63,6 @@ BAD_RECORDS: list[Record] = [
 ]
 EXPECTED_DEAD = {"bad_time": 1, "invalid_json": 2, "key_mismatch": 1, "not_an_object": 1,
                  "schema_violation": 2, "unknown_time_zone": 1}
-
-
-def envelope(record: Record) -> bytes:
-    topic, key, raw, logged = record
-    try:
-        value: Any = orjson.loads(raw)
-        value = value if isinstance(value, dict) else raw.decode()
-    except orjson.JSONDecodeError:
-        value = raw.decode()
-    line = {"topic": topic, "key": None if key is None else key.decode(), "value": value}
-    return orjson.dumps({**line, **(logged or {})})
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +340,7 @@ def test_replay_command_prints_a_table_and_writes_json(lines: list[bytes], tmp_p
         "--policy", "send_time=false",
     ], env={"PUSHFLOW_EXPLORE_SHARE": "0.1"})
     assert result.exit_code == 0, result.output
-    assert "batch baseline" in result.output and "dead letters" in result.output
+    assert "baselines on the last" in result.output and "dead letters" in result.output
     report = orjson.loads(out.read_bytes())
     assert report["lines"] == 3000 and "quiet_hours" not in report["decisions"]
     assert "held_for_send_time" not in report["decisions"]
@@ -408,3 +365,72 @@ def test_snapshot_lag_scores_with_an_older_model(lines: list[bytes], report: dic
         d["model_version"] for d in o.decisions if d["p_open"] is not None))
     assert lagged.learned > 100 and {v % 50 for v in versions} == {0}
     assert lagged.prequential["log_loss"] != report["prequential"]["log_loss"]
+
+
+# ------------------------------------------------------------------ baselines on the same rows
+
+
+def test_every_baseline_is_scored_on_the_same_test_rows(report: dict) -> None:
+    base = report["baseline"]
+    names = ["online", "running_constant", "per_user", "per_content", "per_creator",
+             "per_kind", "batch_lr", "lightgbm", "constant"]
+    pytest.importorskip("lightgbm")
+    assert all(base[n]["n"] == base["test"] for n in names)
+    assert all(base[n]["base_rate"] == base["online"]["base_rate"] for n in names)
+    assert base["best"]["log_loss"] in names[1:] and base["best"]["auc"] in names[1:]
+    assert set(base["verdict"]) == {"auc_at_least_best", "log_loss_beats_constant"}
+    assert all(0.0 < base[n]["log_loss"] < 1.0 for n in names)
+
+
+def test_lightgbm_is_skipped_and_said_so_when_it_does_not_import(
+    report: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "lightgbm", None)
+    rng = np.random.default_rng(3)
+    examples = [Labeled(n, {"a": float(rng.normal())}, 0.2, int(rng.uniform() < 0.2),
+                        ("u", "c", "", "k"), (0.2,) * 5) for n in range(400)]
+    base = batch_baseline(examples)
+    assert "lightgbm" not in base and "not installed" in base["lightgbm_skipped"]
+    from streams.replay import _baseline_lines
+
+    assert any("lightgbm skipped" in line for line in _baseline_lines(base))
+
+
+def test_lightgbm_figures_do_not_change_from_run_to_run() -> None:
+    pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(5)
+    examples = []
+    for n in range(1000):
+        user = f"u{rng.integers(30)}"
+        p = 0.05 + 0.4 * (int(user[1:]) % 3 == 0)
+        examples.append(Labeled(n, {"a": float(rng.normal())}, 0.2, int(rng.uniform() < p),
+                                (user, f"c{n}", "", "k"), (0.2,) * 5))
+    first, second = batch_baseline(examples), batch_baseline(examples)
+    assert first["lightgbm"] == second["lightgbm"] and first["lightgbm"]["auc"] > 0.6
+
+
+def test_the_best_baseline_and_the_verdict_are_named() -> None:
+    rng = np.random.default_rng(11)
+    examples = []
+    for n in range(1200):
+        good = n % 2 == 0
+        label = int(rng.uniform() < (0.4 if good else 0.05))
+        rates = (0.2, 0.4 if good else 0.05, 0.2, 0.2, 0.2)  # per-user knows the truth
+        examples.append(Labeled(n, {"a": float(rng.normal())}, 0.2, label,
+                                ("u", f"c{n}", "", "k"), rates))  # trees cannot tell
+    base = batch_baseline(examples)
+    assert base["best"]["auc"] == "per_user"
+    assert base["verdict"] == {"auc_at_least_best": False, "log_loss_beats_constant": False}
+
+
+def test_tracked_keys_are_bounded_and_popped_when_learned(lines: list[bytes]) -> None:
+    from streams.replay import Replayer
+
+    replayer = Replayer(DeciderConfig(), PushModel(), ReplayOptions(tick_interval_ms=60_000,
+                                                                    max_tracked=50))
+    biggest = 0
+    for line in lines[:20_000]:
+        replayer.feed(line)
+        biggest = max(biggest, len(replayer.tracked))
+    assert 0 < biggest <= 50
+    assert replayer.rates.labels == replayer.trainer.version  # every learned label, no more
