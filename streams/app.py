@@ -37,7 +37,7 @@ from streams.contracts import (
     parse_tick,
     parse_user_event,
 )
-from streams.coordination import keep_member_id_on_illegal_generation
+from streams.coordination import keep_member_id_on_illegal_generation, retry_failed_commits
 from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
 from streams.item_service import ItemCounter, item_page
@@ -265,6 +265,7 @@ class PushflowWorker:
             half_life_ms=settings.item_half_life_s * 1000, ttl_ms=settings.item_ttl_s * 1000,
             max_items=settings.item_max_items)
         keep_member_id_on_illegal_generation()
+        retry_failed_commits()
         self.app = self._build_app()
         self._wire()
 

@@ -8,6 +8,13 @@ never evict members (noida-db). The Java client keeps the member id in this case
 rejoins; :func:`keep_member_id_on_illegal_generation` makes aiokafka do the same. A member id
 the coordinator no longer knows is still answered with ``UNKNOWN_MEMBER_ID`` on the rejoin,
 and aiokafka then resets it as before.
+
+Faust, for its part, records the offsets of a commit as committed (and drops them from its
+acknowledged offsets) even when the commit failed, e.g. because the group was rebalancing: it
+never sends them again, so the group's committed offsets stay behind what was processed until
+more input arrives on the partition, and a restarted worker reads it all again and reports it
+as lag. :func:`retry_failed_commits` keeps a failed commit's offsets acknowledged and not
+committed, so the next commit sends them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 from aiokafka import errors
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from faust.transport.consumer import Consumer
 
 CommitOffsets = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -43,3 +51,47 @@ def keep_member_id_on_illegal_generation() -> None:
     current = GroupCoordinator._do_commit_offsets
     if not hasattr(current, "__wrapped__"):
         GroupCoordinator._do_commit_offsets = keeping_member_id(current)  # type: ignore[method-assign]
+
+
+CommitTPs = Callable[..., Awaitable[bool]]
+
+
+def retrying_failed_commits(commit_offsets: CommitTPs) -> CommitTPs:
+    """Faust's ``Consumer._commit_offsets``, but offsets that did not reach the broker stay
+    acknowledged and uncommitted for a partition still assigned (its next commit sends them);
+    a revoked one is read again by its next owner, as before."""
+
+    async def _commit_offsets(consumer: Any, offsets: Any, *args: Any, **kwargs: Any) -> bool:
+        before = {tp: consumer._committed_offset.get(tp) for tp in offsets}
+        did_commit = bool(await commit_offsets(consumer, offsets, *args, **kwargs))
+        if not did_commit:
+            assigned = consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in assigned:
+                    restore_acked(consumer, tp, before[tp], offset)
+        return did_commit
+
+    _commit_offsets.__wrapped__ = commit_offsets  # type: ignore[attr-defined]
+    return _commit_offsets
+
+
+def restore_acked(consumer: Any, tp: Any, committed: int | None, offset: int) -> None:
+    """Undo what a failed commit of ``offset`` did to ``tp``: its committed offset is back to
+    ``committed`` and every offset it covered (from there, or only its last one when nothing
+    was committed, the case in which Faust does not look for a gap) is acknowledged again."""
+    if committed is None:
+        consumer._committed_offset.pop(tp, None)
+    else:
+        consumer._committed_offset[tp] = committed
+    first = committed if committed else offset - 1
+    again = [o for o in range(first, offset) if o not in consumer._acked_index[tp]]
+    consumer._acked[tp].extend(again)
+    consumer._acked[tp].sort()
+    consumer._acked_index[tp].update(again)
+
+
+def retry_failed_commits() -> None:
+    """Install :func:`retrying_failed_commits` on Faust's consumer (once)."""
+    current = Consumer._commit_offsets
+    if not hasattr(current, "__wrapped__"):
+        Consumer._commit_offsets = retrying_failed_commits(current)  # type: ignore[method-assign,assignment]

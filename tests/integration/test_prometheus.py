@@ -412,7 +412,9 @@ def test_each_input_partition_reports_its_lag_on_one_worker(two_worker_run: Run)
     assert all(owned.values()), two_worker_run.lag_during_rebalance
     assert not owned["w1"] & owned["w2"], two_worker_run.lag_during_rebalance
     assert owned["w1"] | owned["w2"] == all_partitions(two_worker_run.settings)
-    assert not any(v for lag in two_worker_run.lag_during_rebalance.values() for v in lag.values())
+    lags = two_worker_run.lag_during_rebalance
+    assert not any(v for lag in lags.values() for v in lag.values()), (
+        lags, log_tails(two_worker_run, "w1", "w2"))
 
 
 def test_table_keys_add_up_across_workers(two_worker_run: Run) -> None:
@@ -423,4 +425,11 @@ def test_table_keys_add_up_across_workers(two_worker_run: Run) -> None:
 
 def test_lag_is_zero_after_a_restart_with_nothing_to_do(two_worker_run: Run) -> None:
     assert set(two_worker_run.lag_after_restart) == all_partitions(two_worker_run.settings)
-    assert not any(two_worker_run.lag_after_restart.values()), two_worker_run.lag_after_restart
+    assert not any(two_worker_run.lag_after_restart.values()), (
+        two_worker_run.lag_after_restart, log_tails(two_worker_run, "w1", "w2", "w3"))
+
+
+def log_tails(run: Run, *names: str, lines: int = 15) -> str:
+    """What the workers said last: enough to tell a slow rebalance from a lost commit."""
+    return "\n".join(f"--- {name}\n" + "\n".join(run.logs.get(name, [])[-lines:])
+                     for name in names)
