@@ -146,7 +146,10 @@ class ItemStats:
         return (opens + strength * base_rate) / (sends + strength)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"v": FORMAT, "at": self.at_ms, "c": self.counts})
+        # orjson's output object keeps its over-allocated buffer (about 4 KiB for these few
+        # dozen bytes); an owner keeps a record per item, so it keeps an exact-size copy
+        raw = orjson.dumps({"v": FORMAT, "at": self.at_ms, "c": self.counts})
+        return memoryview(raw).tobytes()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ItemStats:
