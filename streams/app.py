@@ -907,8 +907,18 @@ class PushflowWorker:
         if not self.broker_ok:
             log.info("broker answering again")
         self.broker_ok = True
+        # A rebalance may have come while the broker answered: report only what is still
+        # owned, and drop series of partitions that moved away meanwhile (their revocation
+        # removed them before this wrote them back).
+        owned = set(self.app.assignor.assigned_actives())
+        for tp in tps:
+            if tp not in owned:
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]
         for tp, highwater in highwaters.items():
+            if tp not in owned:
+                continue
             position = max(
                 self.positions.get((tp.topic, tp.partition), 0), (committed.get(tp) or 0)
             )
