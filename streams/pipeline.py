@@ -25,6 +25,7 @@ from streams.contracts import Candidate, UserEvent
 from streams.features import (
     DECIDED_LIMIT,
     MS_DAY,
+    TIMELESS,
     PendingLabel,
     UserState,
     model_features,
@@ -148,7 +149,7 @@ class Decider:
             out.ignored = ignored
             out.examples += examples
         else:
-            observe_activity(state, event.event_time_ms, event.tz)
+            observe_activity(state, event.event_time_ms, event.tz, event.type, event.creator_id)
         if state.outbox and zone_reported(state):
             out.extend(self.on_tick(state, state.watermark_ms))
         return out
@@ -175,7 +176,7 @@ class Decider:
             state.tz, state.tz_known = candidate.tz, True
         out = self.on_tick(state, now)
         model = self.model
-        features = model_features(state, candidate, now)
+        features = model_features(state, candidate, now, model.base_rate)
         scores = None if candidate.critical else self.score(candidate, features, now, model)
         score_at = self._score_at(state, candidate, features, model)
         decision = decide(scores, state, candidate, now, self.config.policy, score_at)
@@ -222,6 +223,8 @@ class Decider:
     ) -> ScoreAt:
         def score_at(at_ms: int) -> Scores:
             at_features = slot_features(state, candidate, features, at_ms)
+            for name in TIMELESS:  # as scored now, with the model's base rate
+                at_features[name] = features[name]
             return self.score(candidate, at_features, at_ms, model)
 
         return score_at
@@ -249,6 +252,7 @@ class Decider:
             p_disable=None if basis is None else basis.p_disable,
             model_version=self.model.version if basis is None else basis.model_version,
             features=features,
+            creator_id=candidate.creator_id,
         )
         decided_at = send_at if decided_at is None else decided_at
         return _intent_record(candidate, decision, basis, decided_at, send_at)
@@ -290,7 +294,7 @@ class Decider:
         candidate, original = held_candidate(held), held_decision(held)
         final = dataclasses.replace(original, action=SEND, reason="released", send_at_ms=now)
         decided_at = held["decided_at_ms"]
-        features = model_features(state, candidate, now)
+        features = model_features(state, candidate, now, self.model.base_rate)
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
         return StepOutput(decisions=[record], intents=[intent])
