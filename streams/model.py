@@ -46,6 +46,7 @@ CLIP = 5.0  # standard deviations
 BASE_HORIZON = 10_000.0  # labels: the base rate is a mean decayed by 1 - 1/BASE_HORIZON each
 BASE_PRIOR_WEIGHT = 10.0  # labels the prior base rate is worth
 EPS = 1e-12
+ACCUMULATOR_INIT = 0.0  # AdaGrad's sum of squared gradients before the first one
 
 
 def clip_scaled(x: dict[str, float]) -> dict[str, float]:
@@ -156,7 +157,7 @@ class Head:
                 continue
             w = weights.get(name, 0.0)
             g = error * value + l2 * w
-            acc = g2.get(name, 0.0) + g * g
+            acc = g2.get(name, ACCUMULATOR_INIT) + g * g
             g2[name] = acc
             weights[name] = w - lr * g / math.sqrt(acc + EPS)
         self.bias_g2 += error * error
