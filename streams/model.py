@@ -6,13 +6,14 @@ features that were scored (kept under the intent id), so nothing the model learn
 into the score it is judged on.
 
 Each head (:class:`Head`) is a logistic regression learned online with per-coordinate AdaGrad
-steps, over the numeric features (standardised on running statistics, clipped) and the one-hot
-indicators (``name=value``, mostly hashed into :data:`streams.features.HASH_BUCKETS` buckets,
-passed through as they are). Its logit is offset by the log-odds of a running base rate the
-head keeps (a decayed mean of its labels, starting at the prior), so a cold model predicts the
-base rate and the weights only learn what differs from it: on a log whose open rate is 0.4%
-the model is calibrated after a few hundred labels, not thousands. docs/model.md has the
-measurements behind these choices.
+steps (the sums of squares start at :data:`ACCUMULATOR_INIT`), over the numeric features
+(standardised on running statistics, clipped) and the one-hot indicators (``name=value``,
+mostly hashed into :data:`streams.features.HASH_BUCKETS` buckets, passed through as they are).
+Its logit is offset by the log-odds of a running base rate the head keeps (a decayed mean of
+its labels, starting at the prior), so a cold model predicts the base rate and the weights
+only learn what differs from it: on a log whose open rate is 0.4% the model is calibrated
+after a few hundred labels, not thousands. docs/model.md has the measurements behind these
+choices.
 
 >>> m = PushModel(seed=7)
 >>> x = {"act_24h": 1.0, "kind=trending": 1.0}
@@ -45,8 +46,9 @@ MODEL_FORMAT = 5
 CLIP = 5.0  # standard deviations
 BASE_HORIZON = 10_000.0  # labels: the base rate is a mean decayed by 1 - 1/BASE_HORIZON each
 BASE_PRIOR_WEIGHT = 10.0  # labels the prior base rate is worth
-EPS = 1e-12
-ACCUMULATOR_INIT = 0.0  # AdaGrad's sum of squared gradients before the first one
+# AdaGrad's sum of squared gradients before the first one: early steps are plain SGD steps
+# (lr * gradient), later ones shrink as the squares add up (docs/model.md, measurements).
+ACCUMULATOR_INIT = 1.0
 
 
 def clip_scaled(x: dict[str, float]) -> dict[str, float]:
@@ -83,8 +85,8 @@ class Head:
     Parameters
     ----------
     learning_rate
-        AdaGrad step: a weight moves by at most this on its first update, less as its squared
-        gradients add up.
+        AdaGrad step: ``w -= learning_rate * g / sqrt(ACCUMULATOR_INIT + sum of g**2)``, so
+        a weight's first steps are SGD steps and later ones shrink.
     l2
         L2 penalty on the weights (not the bias).
     prior
@@ -104,7 +106,7 @@ class Head:
         self.bias = 0.0
         self.weights: dict[str, float] = {}
         self.g2: dict[str, float] = {}  # AdaGrad: sum of squared gradients per weight
-        self.bias_g2 = 0.0
+        self.bias_g2 = ACCUMULATOR_INIT
         self.counts: dict[str, int] = {}  # running statistics of the numeric features
         self.means: dict[str, float] = {}
         self.vars: dict[str, float] = {}
@@ -159,9 +161,9 @@ class Head:
             g = error * value + l2 * w
             acc = g2.get(name, ACCUMULATOR_INIT) + g * g
             g2[name] = acc
-            weights[name] = w - lr * g / math.sqrt(acc + EPS)
+            weights[name] = w - lr * g / math.sqrt(acc)
         self.bias_g2 += error * error
-        self.bias -= lr * error / math.sqrt(self.bias_g2 + EPS)
+        self.bias -= lr * error / math.sqrt(self.bias_g2)
         keep = 1.0 - 1.0 / BASE_HORIZON
         self.seen = self.seen * keep + 1.0
         self.positives = self.positives * keep + (1.0 if label else 0.0)
@@ -180,11 +182,11 @@ class Head:
     def restore(self, fields: snapshot_format.Fields) -> None:
         bound = snapshot_format.MAX_FLOAT
         self.bias = fields.number("intercept", -bound, bound)
-        self.bias_g2 = fields.number("intercept_g2", 0.0, bound)
+        self.bias_g2 = fields.number("intercept_g2", ACCUMULATOR_INIT, bound)
         self.weights = fields.floats("weights")
         g2 = fields.floats("g2")
-        if any(v < 0 for v in g2.values()):
-            raise SnapshotError(f"{fields.where}.g2 holds a negative sum of squares")
+        if any(v < ACCUMULATOR_INIT for v in g2.values()):
+            raise SnapshotError(f"{fields.where}.g2 holds a sum of squares below its start")
         self.g2 = g2
         self.iterations = fields.count("iterations")
         base = fields.object("base")
