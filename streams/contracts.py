@@ -9,7 +9,7 @@ does not expire before it is created, the key is the user id). Anything wrong ra
 ...        b'"event_time_ms":1767225600000,"tz":"Asia/Tokyo"}')
 >>> parse_user_event(raw, key=b"u1")
 UserEvent(event_id='e1', user_id='u1', type='app_open', event_time_ms=1767225600000,
-          tz='Asia/Tokyo', intent_id=None)
+          tz='Asia/Tokyo', intent_id=None, content_id=None, creator_id=None)
 >>> parse_user_event(b'{"user_id": 1', key=None)
 Traceback (most recent call last):
 ...
@@ -63,6 +63,10 @@ class UserEvent:
     event_time_ms: int
     tz: str
     intent_id: str | None = None
+    # What an activity event was about, when the producer says: a creator named here adds to
+    # the user's affinity for that creator (streams.features.bump_affinity).
+    content_id: str | None = None
+    creator_id: str | None = None
 
     @property
     def is_feedback(self) -> bool:
@@ -278,6 +282,8 @@ def user_event_from(
         event_time_ms=int(obj["event_time_ms"]),
         tz=obj["tz"],
         intent_id=obj.get("intent_id"),
+        content_id=obj.get("content_id"),
+        creator_id=obj.get("creator_id"),
     )
 
 

@@ -4,6 +4,12 @@ One :class:`UserState` record per user holds everything the decision needs: wind
 counts, recency, activity and open profiles by local hour, and push history. It is updated by
 :func:`observe_activity` and read by :func:`model_features`; it never looks at a wall clock.
 
+Besides the user's own history, the features describe the candidate being scored: its kind,
+content and creator identities and their crosses with the user (user x kind, user x creator,
+kind x local hour) as hashed one-hot indicators (:func:`hashed`, a bounded space of
+:data:`HASH_BUCKETS` names), and the user's decayed affinity for the candidate's creator and
+kind (:func:`bump_affinity`).
+
 Windows are bucketed on event time, so they are exact for out-of-order input within the
 retention: the 1h window counts 5-minute buckets ``(b(now) - 12, b(now)]``, the 24h window hour
 buckets ``(h(now) - 24, h(now)]`` and the 7d window day buckets ``(d(now) - 7, d(now)]``.
@@ -36,6 +42,14 @@ OPEN_PRIOR = (1.0, 9.0)  # Beta prior on open rate: a 10% mean worth 10 pushes
 PROFILE_LIMIT = 2000.0  # halve an hour-of-day profile beyond this total so it keeps adapting
 RECENT_SENDS_LIMIT = 64
 DECIDED_LIMIT = 1024  # candidate ids remembered per user, about 25 bytes of state each
+HASH_BUCKETS = 2**18  # hashed indicators ``h=<bucket>``: the model's weights stay bounded
+BASE_PRIOR_WEIGHT = 10.0  # a user's open-rate prior, centred on the base rate, worth 10 pushes
+AFFINITY_LIMIT = 32  # creators and kinds whose affinity a user keeps (the strongest)
+AFFINITY_HALF_LIFE_MS = 7 * MS_DAY
+# What one activity event adds to the affinity of the creator it names; a push open adds
+# OPEN_AFFINITY to its creator and its kind.
+AFFINITY_WEIGHTS = {"video_view": 1.0, "like": 2.0, "comment": 2.0, "share": 3.0, "follow": 4.0}
+OPEN_AFFINITY = 3.0
 
 
 @dataclass(slots=True)
@@ -51,8 +65,9 @@ class PendingLabel:
     p_disable: float | None
     model_version: int
     features: dict[str, float]
-    # What was pushed, for the statistics of everyone's feedback on it (streams.item_stats);
-    # None in records written before they were kept.
+    # What was pushed: for the statistics of everyone's feedback on it (streams.item_stats),
+    # and an open adds to the user's affinity for the creator. None in records written
+    # before they were kept.
     content_id: str | None = None
     creator_id: str | None = None
 
@@ -80,6 +95,9 @@ class UserState:
     disabled: bool = False
     kind_sent: dict[str, int] = field(default_factory=dict)
     kind_opened: dict[str, int] = field(default_factory=dict)
+    # "c:<creator>" / "k:<kind>" -> [affinity, event time it was last decayed to]; at most
+    # AFFINITY_LIMIT entries (see bump_affinity)
+    affinity: dict[str, list[float]] = field(default_factory=dict)
     recent_sends_ms: list[int] = field(default_factory=list)
     last_send_ms: int | None = None
     recent_content: dict[str, int] = field(default_factory=dict)
@@ -138,8 +156,14 @@ def report_zone(state: UserState, tz: str, at_ms: int) -> None:
         state.tz, state.tz_reported_ms, state.tz_known = tz, at_ms, True
 
 
-def observe_activity(state: UserState, at_ms: int, tz: str) -> None:
-    """Count one activity event at event time ``at_ms`` in the user's windows and profile."""
+def observe_activity(
+    state: UserState, at_ms: int, tz: str, event_type: str | None = None,
+    creator_id: str | None = None,
+) -> None:
+    """Count one activity event at event time ``at_ms`` in the user's windows and profile; an
+    event naming a creator adds to the user's affinity for that creator."""
+    if creator_id is not None and event_type in AFFINITY_WEIGHTS:
+        bump_affinity(state, f"c:{creator_id}", AFFINITY_WEIGHTS[event_type], at_ms)
     report_zone(state, tz, at_ms)
     state.advance(at_ms)
     for name, width, count in WINDOWS:
@@ -225,7 +249,86 @@ def record_send(state: UserState, at_ms: int, candidate: Candidate) -> None:
 def record_open(state: UserState, label: PendingLabel, at_ms: int) -> None:
     state.opened += 1
     state.kind_opened[label.kind] = state.kind_opened.get(label.kind, 0) + 1
+    bump_affinity(state, f"k:{label.kind}", OPEN_AFFINITY, at_ms)
+    if label.creator_id is not None:
+        bump_affinity(state, f"c:{label.creator_id}", OPEN_AFFINITY, at_ms)
     _bump(state.opens_by_hour, local_hour(at_ms, state.tz))
+
+
+def _decayed(entry: list[float], at_ms: int) -> float:
+    value, then = entry
+    return value * 0.5 ** (max(0.0, at_ms - then) / AFFINITY_HALF_LIFE_MS)
+
+
+def affinity(state: UserState, key: str, at_ms: int) -> float:
+    """The user's affinity for ``key`` (``c:<creator>`` or ``k:<kind>``) at event time
+    ``at_ms``: the weights of the events behind it, halved every 7 days.
+
+    >>> s = UserState("u1")
+    >>> bump_affinity(s, "c:alice", 4.0, 0)
+    >>> week = AFFINITY_HALF_LIFE_MS
+    >>> affinity(s, "c:alice", 0), affinity(s, "c:alice", week), affinity(s, "c:bob", 0)
+    (4.0, 2.0, 0.0)
+    """
+    entry = state.affinity.get(key)
+    return 0.0 if entry is None else _decayed(entry, at_ms)
+
+
+def bump_affinity(
+    state: UserState, key: str, weight: float, at_ms: int, limit: int = AFFINITY_LIMIT
+) -> None:
+    """Add ``weight`` to the user's affinity for ``key`` at event time ``at_ms``.
+
+    At most ``limit`` keys are kept: a new key beyond it evicts the weakest (decayed to
+    ``at_ms``), itself included if it is the weakest. An event older than the entry's last
+    update is decayed back to it, so the order of events does not change the sum.
+
+    >>> s = UserState("u1")
+    >>> for n, key in enumerate(["c:a", "c:b", "c:c"]):
+    ...     bump_affinity(s, key, 1.0 + n, 0, limit=2)
+    >>> sorted(s.affinity)
+    ['c:b', 'c:c']
+    """
+    entry = state.affinity.get(key)
+    if entry is None:
+        state.affinity[key] = [weight, float(at_ms)]
+        if len(state.affinity) > limit:
+            weakest = min(state.affinity, key=lambda k: _decayed(state.affinity[k], at_ms))
+            del state.affinity[weakest]
+        return
+    value, then = entry
+    if at_ms >= then:
+        entry[0], entry[1] = _decayed(entry, at_ms) + weight, float(at_ms)
+    else:
+        entry[0] = value + weight * 0.5 ** ((then - at_ms) / AFFINITY_HALF_LIFE_MS)
+
+
+def hashed(name: str) -> str:
+    """The one-hot indicator of ``name`` (e.g. ``"creator:alice"``) in the hashed space:
+    ``h=<bucket>``, CRC-32 of its UTF-8 bytes modulo :data:`HASH_BUCKETS`. Stable across
+    processes and Python versions (unlike ``hash()``), so features stored with a label and
+    weights in a snapshot mean the same thing everywhere.
+
+    >>> hashed("kind:trending")
+    'h=3354'
+    """
+    return f"h={zlib.crc32(name.encode()) % HASH_BUCKETS}"
+
+
+def candidate_indicators(user_id: str, candidate: Candidate, hour: int) -> dict[str, float]:
+    """Hashed one-hot indicators of what is pushed: kind, content, creator, and the crosses
+    user x kind, user x creator and kind x local hour (two names sharing a bucket share it)."""
+    kind = candidate.kind
+    names = [f"kind:{kind}", f"content:{candidate.content_id}", f"user:{user_id}",
+             f"user_kind:{user_id}:{kind}", f"kind_hour:{kind}:{hour}"]
+    if candidate.creator_id is not None:
+        names += [f"creator:{candidate.creator_id}",
+                  f"user_creator:{user_id}:{candidate.creator_id}"]
+    return {hashed(name): 1.0 for name in names}
+
+
+def _log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def sends_in_last_day(state: UserState, now_ms: int) -> int:
@@ -255,30 +358,50 @@ def _log_hours_since(then_ms: int | None, now_ms: int, never_h: float = 24 * 30)
     return math.log1p(hours)
 
 
-def model_features(state: UserState, candidate: Candidate, now_ms: int) -> dict[str, float]:
-    """The model's input for ``candidate`` at event time ``now_ms``; a fresh dict each call."""
+# Features that do not move with the clock: a slot later today scores them as they are now.
+TIMELESS = ("open_rate", "kind_open_rate", "dismiss_rate", "creator_affinity", "kind_affinity")
+
+
+def model_features(
+    state: UserState, candidate: Candidate, now_ms: int, base_rate: float = 0.1
+) -> dict[str, float]:
+    """The model's input for ``candidate`` at event time ``now_ms``; a fresh dict each call.
+
+    ``base_rate`` is the open rate of all pushes so far (the model's
+    :attr:`~streams.model.PushModel.base_rate`): a user's own open rate is smoothed towards
+    it, and ``open_rate`` / ``kind_open_rate`` are log-odds relative to it (0 for a user the
+    model has seen nothing of).
+    """
     hour = local_hour(now_ms, state.tz)
     act_1h, act_24h, act_7d = window_counts(state, now_ms)
-    user_rate = smoothed_rate(state.opened, state.sent)
+    base = min(max(base_rate, 1e-4), 1 - 1e-4)
+    base_logit = _log_odds(base)
+    user_prior = (base * BASE_PRIOR_WEIGHT, (1.0 - base) * BASE_PRIOR_WEIGHT)
+    user_rate = smoothed_rate(state.opened, state.sent, user_prior)
     kind_prior = (user_rate * 5.0, (1.0 - user_rate) * 5.0)
     kind_rate = smoothed_rate(
         state.kind_opened.get(candidate.kind, 0), state.kind_sent.get(candidate.kind, 0), kind_prior
     )
-    return {
+    creator = candidate.creator_id
+    features = {
         "act_1h": math.log1p(act_1h),
         "act_24h": math.log1p(act_24h),
         "act_7d": math.log1p(act_7d),
         "hours_since_active": _log_hours_since(state.last_active_ms, now_ms),
         "hour_activity": hour_affinity(state.activity_by_hour, hour),
         "hour_opens": hour_affinity(state.opens_by_hour, hour),
-        "open_rate": math.log(user_rate / (1.0 - user_rate)),
-        "kind_open_rate": math.log(kind_rate / (1.0 - kind_rate)),
+        "open_rate": _log_odds(user_rate) - base_logit,
+        "kind_open_rate": _log_odds(kind_rate) - base_logit,
         "dismiss_rate": smoothed_rate(state.dismissed, state.sent, (1.0, 4.0)),
         "sends_24h": float(sends_in_last_day(state, now_ms)),
         "hours_since_send": _log_hours_since(state.last_send_ms, now_ms),
         "candidate_age_h": math.log1p(max(0, now_ms - candidate.created_at_ms) / MS_HOUR),
-        f"kind={candidate.kind}": 1.0,
+        "creator_affinity": 0.0 if creator is None
+        else math.log1p(affinity(state, f"c:{creator}", now_ms)),
+        "kind_affinity": math.log1p(affinity(state, f"k:{candidate.kind}", now_ms)),
     }
+    features.update(candidate_indicators(state.user_id, candidate, hour))
+    return features
 
 
 # --- one changelog record per user ------------------------------------------------------

@@ -25,6 +25,7 @@ from streams.contracts import Candidate, UserEvent
 from streams.features import (
     DECIDED_LIMIT,
     MS_DAY,
+    TIMELESS,
     PendingLabel,
     UserState,
     model_features,
@@ -154,7 +155,7 @@ class Decider:
             out.examples += examples
             out.feedback += outcome_feedback(examples, pending)
         else:
-            observe_activity(state, event.event_time_ms, event.tz)
+            observe_activity(state, event.event_time_ms, event.tz, event.type, event.creator_id)
         if state.outbox and zone_reported(state):
             out.extend(self.on_tick(state, state.watermark_ms))
         return out
@@ -181,7 +182,7 @@ class Decider:
             state.tz, state.tz_known = candidate.tz, True
         out = self.on_tick(state, now)
         model = self.model
-        features = model_features(state, candidate, now)
+        features = model_features(state, candidate, now, model.base_rate)
         scores = None if candidate.critical else self.score(candidate, features, now, model)
         score_at = self._score_at(state, candidate, features, model)
         decision = decide(scores, state, candidate, now, self.config.policy, score_at)
@@ -229,6 +230,8 @@ class Decider:
     ) -> ScoreAt:
         def score_at(at_ms: int) -> Scores:
             at_features = slot_features(state, candidate, features, at_ms)
+            for name in TIMELESS:  # as scored now, with the model's base rate
+                at_features[name] = features[name]
             return self.score(candidate, at_features, at_ms, model)
 
         return score_at
@@ -299,7 +302,7 @@ class Decider:
         candidate, original = held_candidate(held), held_decision(held)
         final = dataclasses.replace(original, action=SEND, reason="released", send_at_ms=now)
         decided_at = held["decided_at_ms"]
-        features = model_features(state, candidate, now)
+        features = model_features(state, candidate, now, self.model.base_rate)
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
         return StepOutput(decisions=[record], intents=[intent],

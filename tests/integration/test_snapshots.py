@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.demo import WorkerProcess
-from streams.model import PushModel
+from streams.model import MODEL_FORMAT, PushModel
 
 from .conftest import Deployment, wait_for_metrics
 from .test_model_lifecycle import send_and_open
@@ -43,13 +43,13 @@ class Marker:
 def hostile_records(marker: Path) -> list[bytes]:
     old_header = {"format": 3, "river": "0.26", "learning_rate": 0.05, "l2": 0.0,
                   "open_prior": 0.1, "disable_prior": 0.01}
-    nan_weight = {"format": 4, "version": 10**9, "open": {"weights": {"act_24h": None}}}
+    nan_weight = {"format": MODEL_FORMAT, "version": 10**9, "open": {"weights": {"act_24h": None}}}
     return [
         MAGIC + orjson.dumps({**old_header, "version": 10**9}) + b"\n"
         + pickle.dumps(Marker(marker)),
         MAGIC + orjson.dumps({**old_header, "version": "abc"}) + b"\n" + b"junk body",
         MAGIC + b"unsigned\n" + b"\x80\x04junk that is not JSON",
-        MAGIC + b"unsigned\n" + orjson.dumps({"format": 4, "version": "abc"}),
+        MAGIC + b"unsigned\n" + orjson.dumps({"format": MODEL_FORMAT, "version": "abc"}),
         MAGIC + b"unsigned\n" + orjson.dumps(nan_weight),
         b"not a snapshot at all",
     ]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from streams.attribution import expire_pending, on_feedback
 from streams.contracts import Candidate, UserEvent
-from streams.features import PendingLabel, UserState
+from streams.features import PendingLabel, UserState, hashed
 from streams.model import PushModel
 from streams.pipeline import Decider, DeciderConfig
 from streams.policy import PolicyConfig
@@ -86,7 +86,7 @@ def test_the_example_carries_the_scores_made_before_learning() -> None:
     done = decider.on_event(state, event("push_opened", intent["intent_id"], T0 + 60_000))
     [example] = done.examples
     assert example.p_open == intent["p_open"] and example.model_version == 0
-    assert example.features["kind=trending"] == 1.0
+    assert example.features[hashed("kind:trending")] == 1.0
 
 
 def test_the_example_record_is_asdict_with_its_own_features() -> None:

@@ -112,3 +112,16 @@ def test_arbitrary_bytes_only_ever_raise_contract_errors(payload: bytes) -> None
             parse(payload, b"u1")
         except ContractError as error:
             assert error.code and str(error)
+
+
+def test_activity_may_say_what_it_was_about() -> None:
+    """content_id and creator_id are optional on user events; present, they reach the
+    UserEvent (a creator feeds the user's affinity), absent they are None."""
+    event = parse_user_event(raw(EVENT, type="like", content_id="v-1", creator_id="alice"), b"u1")
+    assert (event.content_id, event.creator_id) == ("v-1", "alice")
+    plain = parse_user_event(raw(EVENT), b"u1")
+    assert (plain.content_id, plain.creator_id) == (None, None)
+    for bad in ({"creator_id": ""}, {"content_id": 7}, {"creator_id": "x" * 129}):
+        with pytest.raises(ContractError) as info:
+            parse_user_event(raw(EVENT, **bad), b"u1")
+        assert info.value.code == "schema_violation"

@@ -103,3 +103,38 @@ def test_indicator_features_are_learned() -> None:
                     disabled=False)
     assert model.p_open({"act_24h": 1.0, "kind=comment_reply": 1.0}) > 2 * model.p_open(
         {"act_24h": 1.0, "kind=trending": 1.0})
+
+
+def test_hashed_features_keep_the_weights_bounded() -> None:
+    """Every candidate brings new content, users, crosses: their names are hashed buckets,
+    so the weights (and the snapshot) cannot grow past the bucket count."""
+    from streams.features import HASH_BUCKETS, hashed
+
+    model = PushModel()
+    for n in range(3000):
+        x = {"act_24h": 1.0, hashed(f"content:v{n}"): 1.0, hashed(f"user:u{n % 50}"): 1.0}
+        model.learn(x, opened=n % 7 == 0, disabled=False)
+    weights = model.state()["open"]["weights"]
+    assert all(k == "act_24h" or 0 <= int(k[2:]) < HASH_BUCKETS for k in weights)
+    assert len(weights) <= 3051
+
+
+def test_a_cold_model_follows_the_base_rate() -> None:
+    """On a log whose open rate is 0.4%, the offset brings p_open down within hundreds of
+    labels, without the weights having to learn it."""
+    model = PushModel()
+    for n in range(1000):
+        model.learn({"act_24h": float(n % 3)}, opened=n % 250 == 0, disabled=False)
+    assert abs(model.base_rate - 0.005) < 0.002
+    assert model.p_open({"act_24h": 1.0}) < 0.01
+
+
+def test_snapshots_of_the_previous_format_are_refused() -> None:
+    import pytest
+
+    from streams import snapshot_format
+    from streams.errors import SnapshotError
+
+    document = {**trained(10).state(), "format": 4}
+    with pytest.raises(SnapshotError):
+        PushModel.from_snapshot(snapshot_format.encode(document, None))
