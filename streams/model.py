@@ -5,9 +5,9 @@ snapshotted.
 features that were scored (kept under the intent id), so nothing the model learns from leaks
 into the score it is judged on.
 
-Each head (:class:`Head`) is a logistic regression learned online with per-coordinate AdaGrad
-steps (the sums of squares start at :data:`ACCUMULATOR_INIT`), over the numeric features
-(standardised on running statistics, clipped) and the one-hot indicators (``name=value``,
+Each head (:class:`Head`) is River's logistic regression learned online with per-coordinate
+AdaGrad steps (the sums of squares start at 1, :data:`ADAGRAD_EPS`), over the numeric features
+(standardised by River's running scaler, clipped) and the one-hot indicators (``name=value``,
 mostly hashed into :data:`streams.features.HASH_BUCKETS` buckets, passed through as they are).
 Its logit is offset by the log-odds of a running base rate the head keeps (a decayed mean of
 its labels, starting at the prior), so a cold model predicts the base rate and the weights
@@ -29,12 +29,15 @@ True
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from river import __version__ as river_version
+from river import linear_model, optim, preprocessing
+from river.utils import VectorDict
 
 from streams import snapshot_format
 from streams.errors import SnapshotError
@@ -46,9 +49,10 @@ MODEL_FORMAT = 5
 CLIP = 5.0  # standard deviations
 BASE_HORIZON = 10_000.0  # labels: the base rate is a mean decayed by 1 - 1/BASE_HORIZON each
 BASE_PRIOR_WEIGHT = 10.0  # labels the prior base rate is worth
-# AdaGrad's sum of squared gradients before the first one: early steps are plain SGD steps
-# (lr * gradient), later ones shrink as the squares add up (docs/model.md, measurements).
-ACCUMULATOR_INIT = 1.0
+# Added to AdaGrad's sums of squared gradients (River's ``eps``): they start at 1, so early
+# steps are plain SGD steps (lr * gradient) and later ones shrink as the squares add up
+# (docs/model.md, measurements).
+ADAGRAD_EPS = 1.0
 
 
 def clip_scaled(x: dict[str, float]) -> dict[str, float]:
@@ -72,25 +76,35 @@ def indicators(x: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in x.items() if "=" in k}
 
 
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
+class _OffsetLogisticRegression(linear_model.LogisticRegression):
+    """River's logistic regression with its logit offset by ``offset`` (log-odds set by the
+    head before each prediction and step): River's loss gradient, optimizer and L2 then see
+    ``sigmoid(offset + intercept + w . x)``, so the weights learn what differs from it."""
+
+    offset = 0.0
+
+    def _raw_dot_one(self, x: dict[str, float]) -> float:
+        return float(super()._raw_dot_one(x)) + self.offset
 
 
 class Head:
-    """One logistic regression: ``p = sigmoid(logit(base) + bias + w . x)``.
+    """One logistic regression: ``p = sigmoid(logit(base) + intercept + w . x)``.
+
+    River's :class:`~river.linear_model.LogisticRegression` with per-coordinate AdaGrad steps
+    (``eps`` 1: the sums of squared gradients start at 1, so the first steps are at most
+    ``learning_rate``), over the numeric features standardised by River's
+    :class:`~river.preprocessing.StandardScaler` (clipped) and the one-hot indicators
+    (``name=value``, mostly hashed, passed through). The base rate is a decayed mean of the
+    head's labels starting at the prior (worth :data:`BASE_PRIOR_WEIGHT` labels).
 
     Parameters
     ----------
     learning_rate
-        AdaGrad step: ``w -= learning_rate * g / sqrt(ACCUMULATOR_INIT + sum of g**2)``, so
-        a weight's first steps are SGD steps and later ones shrink.
+        AdaGrad step.
     l2
-        L2 penalty on the weights (not the bias).
+        L2 penalty on the weights (not the intercept).
     prior
-        The base rate before any label; worth :data:`BASE_PRIOR_WEIGHT` labels.
+        The base rate before any label.
 
     >>> h = Head(0.05, 0.0, 0.2)
     >>> round(h.predict({"x": 1.0}), 3)
@@ -103,16 +117,12 @@ class Head:
 
     def __init__(self, learning_rate: float, l2: float, prior: float) -> None:
         self.learning_rate, self.l2, self.prior = learning_rate, l2, prior
-        self.bias = 0.0
-        self.weights: dict[str, float] = {}
-        self.g2: dict[str, float] = {}  # AdaGrad: sum of squared gradients per weight
-        self.bias_g2 = ACCUMULATOR_INIT
-        self.counts: dict[str, int] = {}  # running statistics of the numeric features
-        self.means: dict[str, float] = {}
-        self.vars: dict[str, float] = {}
+        self.regression = _OffsetLogisticRegression(
+            optimizer=optim.AdaGrad(learning_rate, eps=ADAGRAD_EPS), l2=l2, intercept_init=0.0,
+        )
+        self.scaler = preprocessing.StandardScaler()
         self.seen = 0.0  # decayed label count and positives: the running base rate
         self.positives = 0.0
-        self.iterations = 0
 
     @property
     def base_rate(self) -> float:
@@ -120,75 +130,53 @@ class Head:
         return (self.positives + self.prior * w) / (self.seen + w)
 
     def _inputs(self, features: Mapping[str, float]) -> dict[str, float]:
-        x: dict[str, float] = {}
-        means, variances = self.means, self.vars
-        for name, value in features.items():
-            if "=" in name:
-                x[name] = value
-            else:
-                var = variances.get(name, 0.0)
-                scaled = (value - means.get(name, 0.0)) / math.sqrt(var) if var > 0 else 0.0
-                x[name] = CLIP if scaled > CLIP else -CLIP if scaled < -CLIP else scaled
+        numbers = numeric(features)
+        x = clip_scaled(self.scaler.transform_one(numbers)) if numbers else {}
+        x.update(indicators(features))
         return x
 
-    def _logit(self, x: Mapping[str, float]) -> float:
+    def _offset(self) -> None:
         base = min(max(self.base_rate, 1e-9), 1 - 1e-9)
-        weights = self.weights
-        return (math.log(base / (1 - base)) + self.bias
-                + sum(weights.get(name, 0.0) * v for name, v in x.items()))
+        self.regression.offset = math.log(base / (1 - base))
 
     def predict(self, features: Mapping[str, float]) -> float:
-        return _sigmoid(self._logit(self._inputs(features)))
+        self._offset()
+        return float(self.regression.predict_proba_one(self._inputs(features))[True])
 
     def learn(self, features: Mapping[str, float], label: bool) -> None:
         """One example: scaler statistics, then one AdaGrad step, then the base rate."""
-        for name, value in features.items():
-            if "=" not in name:  # Welford, population variance (as River's StandardScaler)
-                n = self.counts.get(name, 0) + 1
-                mean = self.means.get(name, 0.0)
-                delta = value - mean
-                mean += delta / n
-                self.counts[name], self.means[name] = n, mean
-                self.vars[name] = self.vars.get(name, 0.0) + (delta * (value - mean) -
-                                                              self.vars.get(name, 0.0)) / n
-        x = self._inputs(features)
-        error = _sigmoid(self._logit(x)) - (1.0 if label else 0.0)
-        lr, l2, weights, g2 = self.learning_rate, self.l2, self.weights, self.g2
-        for name, value in x.items():
-            if value == 0.0:
-                continue
-            w = weights.get(name, 0.0)
-            g = error * value + l2 * w
-            acc = g2.get(name, ACCUMULATOR_INIT) + g * g
-            g2[name] = acc
-            weights[name] = w - lr * g / math.sqrt(acc)
-        self.bias_g2 += error * error
-        self.bias -= lr * error / math.sqrt(self.bias_g2)
+        numbers = numeric(features)
+        if numbers:
+            self.scaler.learn_one(numbers)
+        self._offset()
+        self.regression.learn_one(self._inputs(features), bool(label))
         keep = 1.0 - 1.0 / BASE_HORIZON
         self.seen = self.seen * keep + 1.0
         self.positives = self.positives * keep + (1.0 if label else 0.0)
-        self.iterations += 1
 
     def state(self) -> dict[str, Any]:
+        regression, scaler = self.regression, self.scaler
         return {
-            "intercept": self.bias, "intercept_g2": self.bias_g2,
+            "intercept": regression.intercept,
             # generic name -> number objects: more (hashed) features only add entries
-            "weights": dict(self.weights), "g2": dict(self.g2),
-            "iterations": self.iterations, "base": {"seen": self.seen, "positives": self.positives},
-            "scaler": {"counts": dict(self.counts), "means": dict(self.means),
-                       "vars": dict(self.vars)},
+            "weights": regression._weights.to_dict(),
+            "g2": dict(regression.optimizer.g2),
+            "iterations": regression.optimizer.n_iterations,
+            "base": {"seen": self.seen, "positives": self.positives},
+            "scaler": {"counts": dict(scaler.counts), "means": dict(scaler.means),
+                       "vars": dict(scaler.vars)},
         }
 
     def restore(self, fields: snapshot_format.Fields) -> None:
+        regression, scaler = self.regression, self.scaler
         bound = snapshot_format.MAX_FLOAT
-        self.bias = fields.number("intercept", -bound, bound)
-        self.bias_g2 = fields.number("intercept_g2", ACCUMULATOR_INIT, bound)
-        self.weights = fields.floats("weights")
+        regression.intercept = fields.number("intercept", -bound, bound)
+        regression._weights = VectorDict(fields.floats("weights"))
         g2 = fields.floats("g2")
-        if any(v < ACCUMULATOR_INIT for v in g2.values()):
-            raise SnapshotError(f"{fields.where}.g2 holds a sum of squares below its start")
-        self.g2 = g2
-        self.iterations = fields.count("iterations")
+        if any(v < 0 for v in g2.values()):
+            raise SnapshotError(f"{fields.where}.g2 holds a negative sum of squares")
+        regression.optimizer.g2 = collections.defaultdict(float, g2)
+        regression.optimizer.n_iterations = fields.count("iterations")
         base = fields.object("base")
         self.seen = base.number("seen", 0.0, bound)
         self.positives = base.number("positives", 0.0, self.seen)
@@ -196,9 +184,9 @@ class Head:
         variances = statistics.floats("vars")
         if any(v < 0 for v in variances.values()):
             raise SnapshotError(f"{statistics.where}.vars holds a negative variance")
-        self.counts = dict(statistics.counts("counts"))
-        self.means = dict(statistics.floats("means"))
-        self.vars = variances
+        scaler.counts = collections.Counter(statistics.counts("counts"))
+        scaler.means = collections.defaultdict(float, statistics.floats("means"))
+        scaler.vars = collections.defaultdict(float, variances)
 
 
 class PushModel:
@@ -275,7 +263,7 @@ class PushModel:
         """Everything the model has learned, as numbers and strings."""
         return {
             "format": MODEL_FORMAT,
-            "river": _minor(river_version),  # informative: River is no longer in the model
+            "river": _minor(river_version),  # informative: the state is River's, not its code
             "version": self.version,
             "learning_rate": self.learning_rate,
             "l2": self.l2,

@@ -129,6 +129,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
 
 
+MAX_INDICATORS = 64  # one-hot columns the batch models get (the most frequent)
 RATE_NAMES = ("running_constant", "per_user", "per_content", "per_creator", "per_kind")
 RATE_STRENGTH = 10.0  # pseudo-labels of the prior of every per-group rate
 Keys = tuple[str, str, str, str]  # user_id, content_id, creator_id ("" if none), kind
@@ -213,7 +214,7 @@ def batch_baseline(
     train, test = ordered[:cut], ordered[cut:]
     if not test or len({e.label for e in train}) < 2:
         return {"skipped": "needs labels of both classes before the split and some after it"}
-    names = sorted({k for e in train for k in e.features})
+    names = batch_columns(train)
     x_train, x_test = _matrix(train, names), _matrix(test, names)
     y_train, y_test = np.array([e.label for e in train]), [e.label for e in test]
     l2 = choose_l2(x_train, y_train)
@@ -341,6 +342,29 @@ def choose_l2(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = L2_GRID) -
 def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     p = np.clip(p, EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def batch_columns(train: list[Labeled], indicators: int = MAX_INDICATORS) -> list[str]:
+    """The batch models' columns: every numeric feature and the ``indicators`` most frequent
+    one-hot indicators (``name=value``, most of them hashed identities). A dense column per
+    hashed id would make the matrix labels x thousands; identity is what the per-group
+    rates and LightGBM's categorical user, content, creator and kind columns cover.
+
+    >>> rows = [Labeled(0, {"a": 1.0, "h=1": 1.0}, 0.1, 0), Labeled(1, {"a": 2.0, "h=2": 1.0,
+    ...         "h=1": 1.0}, 0.1, 1)]
+    >>> batch_columns(rows, indicators=1)
+    ['a', 'h=1']
+    """
+    counts: dict[str, int] = {}
+    numeric: set[str] = set()
+    for e in train:
+        for k in e.features:
+            if "=" in k:
+                counts[k] = counts.get(k, 0) + 1
+            else:
+                numeric.add(k)
+    frequent = sorted(counts, key=lambda k: (-counts[k], k))[:indicators]
+    return sorted(numeric | set(frequent))
 
 
 def _matrix(examples: list[Labeled], names: list[str]) -> np.ndarray:
