@@ -231,7 +231,6 @@ class PushflowWorker:
         refused = self.metrics.snapshots_refused
         self.models = ModelHolder(fresh_model(settings), settings.snapshot_key,
                                   on_refused=lambda reason: refused.labels(reason=reason).inc())
-        self.decider = Decider(lambda: self.models.serving, decider_config(settings))
         # Event time per partition, the clock of its ticks (see _advance_clock); derived,
         # rebuilt from the traffic read after a start or an assignment.
         self.watermarks: dict[int, int] = {}
@@ -264,6 +263,8 @@ class PushflowWorker:
         self.item_stats = ItemStatsTable(
             half_life_ms=settings.item_half_life_s * 1000, ttl_ms=settings.item_ttl_s * 1000,
             max_items=settings.item_max_items)
+        self.decider = Decider(lambda: self.models.serving, decider_config(settings),
+                               self.item_stats)
         keep_member_id_on_illegal_generation()
         retry_failed_commits()
         self.app = self._build_app()

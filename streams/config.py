@@ -34,6 +34,7 @@ def decider_config(settings: Settings) -> DeciderConfig:
         outbox_limit=settings.outbox_limit,
         decided_horizon_ms=settings.decided_horizon_s * 1000,
         decided_limit=settings.decided_limit,
+        item_features=settings.item_features,
     )
 
 

@@ -55,6 +55,7 @@ from streams.delivery_audit import Audit
 from streams.errors import PushflowError
 from streams.evaluation import LearningCurve, Prequential
 from streams.features import UserState
+from streams.item_stats import ItemStatsTable
 from streams.model import PushModel
 from streams.pipeline import Decider, DeciderConfig, StepOutput
 from streams.policy import PolicyConfig, Scores, unit_hash
@@ -202,7 +203,7 @@ class _Run:
             how = "truth" if name in TRUTH else name
             self.decider: Decider = _ScoredBy(config, self.population, how)
         else:
-            self.decider = Decider(lambda: self.serving, config)
+            self.decider = Decider(lambda: self.serving, config, ItemStatsTable())
         self.matcher = None if target is None else _VolumeMatcher(
             target, options.users, options.start_ms, options.matching_gain)
         self.learns = name in ("fixed-threshold", "full", "full-volume")
@@ -275,6 +276,7 @@ class _Run:
         return self.by_day.setdefault((at_ms - self.options.start_ms) // DAY_MS, [0, 0])
 
     def _absorb(self, now: int, out: StepOutput) -> None:
+        self.decider.fold(out)
         measuring = self.measure_from <= now < self.measure_until
         day = (now - 1 - self.options.start_ms) // DAY_MS  # a step ends at ``now``: its day
         for decision in out.decisions:

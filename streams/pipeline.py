@@ -35,7 +35,13 @@ from streams.features import (
     report_zone,
     was_decided,
 )
-from streams.item_stats import outcome_feedback, send_feedback
+from streams.item_stats import (
+    OUTCOMES,
+    ItemStatsTable,
+    ItemStatsView,
+    outcome_feedback,
+    send_feedback,
+)
 from streams.model import PushModel
 from streams.outbox import (
     due,
@@ -80,6 +86,8 @@ class DeciderConfig:
     outbox_limit: int = OUTBOX_LIMIT
     decided_horizon_ms: int = DECIDED_HORIZON_MS
     decided_limit: int = DECIDED_LIMIT
+    # score with what everyone did with the content and creator (the Decider's ``items``)
+    item_features: bool = False
 
 
 @dataclass(slots=True)
@@ -128,10 +136,35 @@ class Decider:
     ([('send', 'released')], 1767250800000)
     """
 
-    def __init__(self, model: PushModel | Callable[[], PushModel], config: DeciderConfig) -> None:
+    def __init__(
+        self,
+        model: PushModel | Callable[[], PushModel],
+        config: DeciderConfig,
+        items: ItemStatsTable | None = None,
+    ) -> None:
         self._model = model if callable(model) and not isinstance(model, PushModel) else None
         self._fixed = model if isinstance(model, PushModel) else None
         self.config = config
+        # What every user did with each content and creator (streams.item_stats): the worker's
+        # follower fills it from item-stats; an in-process harness folds its own feedback in.
+        self.items = items
+
+    def fold(self, out: StepOutput) -> None:
+        """Count this step's item feedback into :attr:`items` (replay and evaluation, where
+        one process sees all users; the worker reads the statistics its peers publish)."""
+        if self.items is not None:
+            for record in out.feedback:
+                self.items.add(record["item"], OUTCOMES[record["outcome"]], record["at_ms"])
+
+    def features(self, state: UserState, candidate: Candidate, now: int) -> dict[str, float]:
+        """The model's input for ``candidate`` now: the user's and the candidate's features,
+        and, with item statistics, what everyone did with its content and creator."""
+        base_rate = self.model.base_rate
+        features = model_features(state, candidate, now, base_rate)
+        if self.items is not None and self.config.item_features:
+            features.update(ItemStatsView(self.items).features(
+                candidate.content_id, candidate.creator_id, now, base_rate))
+        return features
 
     @property
     def model(self) -> PushModel:
@@ -182,7 +215,7 @@ class Decider:
             state.tz, state.tz_known = candidate.tz, True
         out = self.on_tick(state, now)
         model = self.model
-        features = model_features(state, candidate, now, model.base_rate)
+        features = self.features(state, candidate, now)
         scores = None if candidate.critical else self.score(candidate, features, now, model)
         score_at = self._score_at(state, candidate, features, model)
         decision = decide(scores, state, candidate, now, self.config.policy, score_at)
@@ -302,7 +335,7 @@ class Decider:
         candidate, original = held_candidate(held), held_decision(held)
         final = dataclasses.replace(original, action=SEND, reason="released", send_at_ms=now)
         decided_at = held["decided_at_ms"]
-        features = model_features(state, candidate, now, self.model.base_rate)
+        features = self.features(state, candidate, now)
         intent = self._send(state, candidate, final, None, features, now, decided_at)
         record = _decision_record(candidate, final, None, decided_at)
         return StepOutput(decisions=[record], intents=[intent],

@@ -57,6 +57,7 @@ from streams.evaluation import EPS, LearningCurve, Prequential, exact_auc
 from streams.features import UserState
 from streams.flags import setting_flags
 from streams.garbage import tune_gc
+from streams.item_stats import ItemStatsTable
 from streams.model import PushModel
 from streams.offpolicy import (
     BASELINES,
@@ -345,7 +346,7 @@ class Replayer:
     ) -> None:
         self.options, self.trainer, self.sink = options, model, sink
         self.serving = model if options.snapshot_every <= 0 else model.clone()
-        self.decider = Decider(lambda: self.serving, config)
+        self.decider = Decider(lambda: self.serving, config, ItemStatsTable())
         self.states: dict[str, UserState] = {}
         self.due: set[str] = set()
         self.clock = TickClock()
@@ -459,6 +460,7 @@ class Replayer:
         self.next_sweep_ms = self.watermark_ms + 3_600_000
 
     def _absorb(self, user_id: str, state: UserState, out: StepOutput) -> None:
+        self.decider.fold(out)
         self.watermark_ms = max(self.watermark_ms, state.watermark_ms)
         if state.pending or state.outbox:
             self.due.add(user_id)

@@ -125,6 +125,8 @@ class Settings:
     item_half_life_s: int = 6 * 3600
     item_ttl_s: int = 7 * 24 * 3600
     item_max_items: int = 1_000_000
+    # whether the model scores with them (docs/model.md: off until it measures better)
+    item_features: bool = False
     # --- policy
     daily_cap: int = 5
     min_gap_s: int = 4 * 3600

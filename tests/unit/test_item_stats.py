@@ -145,3 +145,26 @@ def test_a_pending_label_written_before_items_were_kept_still_loads() -> None:
         del obj["pending"]["i1"][key]
     loaded = state_from_bytes(orjson.dumps(obj))
     assert loaded.pending["i1"].content_id is None
+
+
+def test_what_one_user_did_with_an_item_is_in_the_next_users_features() -> None:
+    from streams.contracts import Candidate, UserEvent
+    from streams.features import UserState
+    from streams.model import PushModel
+    from streams.pipeline import Decider, DeciderConfig
+    from streams.policy import PolicyConfig
+
+    step = Decider(PushModel(), DeciderConfig(policy=PolicyConfig(
+        quiet_start_hour=0, quiet_end_hour=0, holdout_share=0, threshold=0.0),
+        item_features=True), ItemStatsTable(half_life_ms=HALF_LIFE))
+    fresh = step.features(UserState("b"), Candidate("c2", "b", "trending", "v1", 0, HOUR), 0)
+    assert (fresh["item_open_rate"], fresh["item_sends"]) == (0.0, 0.0)
+    alice = UserState("a")
+    candidate = Candidate("c1", "a", "trending", "v1", 0, HOUR, creator_id="cr-1")
+    step.fold(step.on_candidate(alice, candidate))
+    step.fold(step.on_event(alice, UserEvent("e1", "a", "push_opened", 1_000, "UTC",
+                                             intent_id=candidate.intent_id)))
+    seen = step.features(UserState("b"), Candidate("c2", "b", "trending", "v1", 2_000, HOUR,
+                                                   creator_id="cr-1"), 2_000)
+    assert seen["item_sends"] > 0 and seen["item_open_rate"] > 0
+    assert seen["creator_sends"] > 0 and seen["creator_open_rate"] > 0
