@@ -28,7 +28,16 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streams.errors import ContractError
-from streams.item_stats import OUTCOMES, ItemStats, ItemStatsTable, parse_feedback
+from streams.item_stats import (
+    DISMISS,
+    OPEN,
+    OUTCOMES,
+    SEND,
+    ItemStats,
+    ItemStatsTable,
+    ItemStatsView,
+    parse_feedback,
+)
 from streams.logs import client_logging
 
 if TYPE_CHECKING:
@@ -262,8 +271,6 @@ class ItemStatsFollower:
 def item_page(table: ItemStatsTable, item: str, now_ms: int | None = None) -> dict[str, Any]:
     """What ``GET /items?key=content:<id>`` answers: the item's counts as of now (event
     time: its newest event, or ``now_ms``), and its open rate shrunk to the base rate."""
-    from streams.item_stats import DISMISS, OPEN, SEND, ItemStatsView
-
     stats = table.get(item)
     if stats is None:
         return {"key": item, "known": False}

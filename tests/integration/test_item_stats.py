@@ -44,6 +44,16 @@ def owned_partitions(worker: WorkerProcess) -> set[str]:
         worker.metrics_text()) for s in family.samples if s.name == "pushflow_consumer_lag"}
 
 
+def all_intents(deployment: Deployment, candidates: int) -> list[dict[str, Any]]:
+    """The intents, once every candidate has its final decision (sent or not)."""
+    def all_final(records: list[dict[str, Any]]) -> bool:
+        return len({d["candidate_id"] for d in records if d["final"]}) >= candidates
+
+    decided = deployment.read("decisions_topic", all_final)
+    sends = sum(1 for d in decided if d["final"] and d["action"] == "send")
+    return deployment.read("intents_topic", lambda r: len(r) >= sends)
+
+
 def seen_everywhere(workers: list[WorkerProcess], key: str, sends: int, opens: int,
                     timeout: float) -> float:
     """Seconds until every worker shows ``sends`` and ``opens`` for ``key``."""
@@ -70,9 +80,7 @@ def test_two_workers_see_each_others_item_feedback(deployment: Deployment) -> No
     else:
         raise AssertionError(f"the two workers did not split the partitions: {owned}")
     deployment.produce([m for u in USERS for m in (*activity(u, 20), candidate(u))])
-    intents = deployment.read("intents_topic", lambda r: len(r) >= len(USERS) * 0.8)
-    time.sleep(1.0)  # the rest of the decisions, if any
-    intents = deployment.read("intents_topic", lambda r: len(r) >= len(intents))
+    intents = all_intents(deployment, len(USERS))
     sent = {i["intent_id"]: i["user_id"] for i in intents}
     users_sent = set(sent.values())
     assert len(users_sent) >= len(USERS) // 2
@@ -90,9 +98,7 @@ def test_two_workers_see_each_others_item_feedback(deployment: Deployment) -> No
 def test_item_statistics_survive_a_restart(deployment: Deployment) -> None:
     worker = deployment.start_worker("w1", **ITEM_ENV)
     deployment.produce([m for u in USERS[:6] for m in (*activity(u, 20), candidate(u))])
-    intents = deployment.read("intents_topic", lambda r: len(r) >= 3)
-    time.sleep(1.0)
-    intents = deployment.read("intents_topic", lambda r: len(r) >= len(intents))
+    intents = all_intents(deployment, 6)
     seen_everywhere([worker], "content:v-shared", len(intents), 0, timeout=30)
     worker.stop()
     again = deployment.start_worker("w2", **ITEM_ENV)
