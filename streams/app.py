@@ -47,6 +47,7 @@ from streams.pipeline import Decider, StepOutput
 from streams.producer import OutputProducer, Record
 from streams.redelivery import Output, already_applied, forget_committed, remember, stored
 from streams.settings import Settings
+from streams.snapshot_format import MAX_SNAPSHOT_BYTES
 from streams.snapshots import ModelHolder
 from streams.traffic import producer_config
 from streams.training import Trainer
@@ -322,7 +323,10 @@ class PushflowWorker:
             datadir=s.data_dir,
             autodiscover=False,
             producer_acks=-1,
-            producer_max_request_size=s.producer_max_bytes,
+            # Faust's producer sends only the model snapshots (the worker writes the rest with
+            # its own): their limit, which a model of hashed features reaches (1.1 MB after
+            # 7,000 labels of the benchmark mix), not the outputs'.
+            producer_max_request_size=max(s.producer_max_bytes, MAX_SNAPSHOT_BYTES + 65_536),
         )
 
     def _raw_topic(self, *names: str, partitions: int | None = None) -> faust.TopicT:

@@ -240,3 +240,26 @@ def test_the_snapshot_key_is_a_secret() -> None:
     models, _ = holder(KEY)
     assert KEY not in repr(vars(models))
     assert KEY.encode() not in models.encode(trained(3), {})
+
+
+def test_the_worker_can_send_a_snapshot_of_a_model_with_every_hashed_weight(tmp_path: Path) -> None:
+    """A snapshot of a model of hashed features outgrows the outputs' 1 MB request limit (it
+    did in the benchmark, and the trainer crashed the worker); Faust's producer, which sends
+    only snapshots, takes the largest the format allows, and a full model fits in it."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.app import PushflowWorker
+    from streams.features import HASH_BUCKETS
+    from streams.settings import Settings
+    from streams.snapshot_format import MAX_SNAPSHOT_BYTES
+
+    settings = Settings.from_env({}, broker="kafka://127.0.0.1:9092", data_dir=str(tmp_path))
+    app = PushflowWorker(settings, registry=CollectorRegistry()).app
+    model = PushModel()
+    for head in (model._open, model._disable):
+        for bucket in range(0, HASH_BUCKETS, 4):  # a quarter of the buckets: quick, > 1 MB
+            head.regression._weights[f"h={bucket}"] = -0.012345678901234567
+            head.regression.optimizer.g2[f"h={bucket}"] = 1.2345678901234567
+    size = len(model.to_snapshot())
+    assert size > settings.producer_max_bytes
+    assert app.conf.producer_max_request_size >= MAX_SNAPSHOT_BYTES >= 4 * size
