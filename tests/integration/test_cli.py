@@ -182,7 +182,9 @@ def test_evaluate_ends_with_what_it_did() -> None:
 
 def test_simulate_against_a_running_broker_sends_and_says_so(deployment: Deployment) -> None:
     env = {**deployment.env, "PUSHFLOW_BROKER": str(deployment.settings.broker)}
-    done, _ = run("simulate", "--duration", "3", "--users", "50", "--speed", "600", env=env)
+    # 3 s at 600x is 30 simulated minutes from now: with 50 users some hours of the day have
+    # no activity event in them at all; 500 users have at least 126 at every hour
+    done, _ = run("simulate", "--duration", "3", "--users", "500", "--speed", "600", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     final = lines(done.stderr)[-1]
     assert "simulate: sent " in final and " 0 events" not in final, final
