@@ -239,6 +239,10 @@ class PushflowWorker:
         self.due_built = False
         # Next offset to process per input partition, for the consumer-lag gauge.
         self.positions: dict[tuple[str, int], int] = {}
+        # Input partitions owned, as the rebalance callbacks said: Faust's assignor still
+        # lists the old assignment between a revocation and the next assignment.
+        self.owned_inputs: set[Any] = set()
+        self.lag_series: set[tuple[str, int]] = set()
         # Input partitions read again from an offset the consumer skipped (see _skipped).
         self.rewinding: dict[tuple[str, int], Rewind] = {}
         self.rewound: dict[tuple[str, int], int] = {}
@@ -779,7 +783,7 @@ class PushflowWorker:
     def _active_partitions(self) -> set[int]:
         """Input partitions this worker owns (not standbys, not other topics' partitions)."""
         topic = self.settings.topic("user_events_topic")
-        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        return {tp.partition for tp in self.owned_inputs if tp.topic == topic}
 
     async def _tick(self) -> None:
         """Send each active partition's event time, as a tick, to the decision agent: what a
@@ -830,6 +834,8 @@ class PushflowWorker:
         """Take over training if it is ours now; the due index is rebuilt after recovery."""
         self.due_built = False
         inputs = sorted(tp.partition for tp in assigned if tp.topic in self.inputs.topics)
+        self.owned_inputs = {tp for tp in assigned if tp.topic in self.inputs.topics}
+        self._drop_lag_series(self.owned_inputs)
         log.info("partitions assigned: %s", sorted(set(inputs)),
                  extra={"event": "assigned", "partitions": sorted(set(inputs))})
         training_tp = {tp for tp in assigned if tp.topic == self.settings.topic("training_topic")}
@@ -845,8 +851,8 @@ class PushflowWorker:
             self.positions.pop((tp.topic, tp.partition), None)
             self.rewinding.pop((tp.topic, tp.partition), None)
             self.rewound.pop((tp.topic, tp.partition), None)
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self.owned_inputs -= set(revoked)
+        self._drop_lag_series(self.owned_inputs)
         self.was_ready = False
         if gone:
             log.info("partitions revoked: %s", gone, extra={"event": "revoked", "partitions": gone})
@@ -897,9 +903,17 @@ class PushflowWorker:
                         total, dict(self.dead_letter_codes))
             self.dead_letter_codes.clear()
 
+    def _drop_lag_series(self, owned: set[Any]) -> None:
+        """Remove the lag series of every input partition not in ``owned``."""
+        keep = {(tp.topic, tp.partition) for tp in owned}
+        for topic, partition in self.lag_series - keep:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(topic, str(partition))
+        self.lag_series &= keep
+
     async def _update_lag(self) -> None:
         inputs = (self.topics_by_kind[EVENTS], self.topics_by_kind[CANDIDATES])  # not ticks
-        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in inputs]
+        tps = [tp for tp in self.owned_inputs if tp.topic in inputs]
         if not tps:
             return
         try:
@@ -913,13 +927,8 @@ class PushflowWorker:
             log.info("broker answering again")
         self.broker_ok = True
         # A rebalance may have come while the broker answered: report only what is still
-        # owned, and drop series of partitions that moved away meanwhile (their revocation
-        # removed them before this wrote them back).
-        owned = set(self.app.assignor.assigned_actives())
-        for tp in tps:
-            if tp not in owned:
-                with contextlib.suppress(KeyError):
-                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        # owned (the callbacks removed the series of what moved away).
+        owned = self.owned_inputs
         committed = self.app.consumer._committed_offset  # type: ignore[attr-defined]
         for tp, highwater in highwaters.items():
             if tp not in owned:
@@ -929,6 +938,7 @@ class PushflowWorker:
             )
             lag = max(0, highwater - position)
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            self.lag_series.add((tp.topic, tp.partition))
 
     async def _update_gauges(self) -> None:
         m = self.metrics
