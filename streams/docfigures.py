@@ -198,7 +198,16 @@ def baseline_table(reports: dict[str, ReplayReport]) -> list[str]:
                    else _yes(b["verdict"]["auc_at_least_best"])))
     out.append(row("online log loss < constants'", lambda b: "-" if "verdict" not in b
                    else _yes(b["verdict"]["log_loss_beats_constant"])))
+    out.append(row("online − best AUC [95% paired bootstrap]", _gap_cell))
     return out
+
+
+def _gap_cell(b: dict[str, Any]) -> str:
+    gap = b.get("auc_gap")
+    if not gap or not math.isfinite(gap["gap"]):
+        return "-"
+    low, high = gap["ci"]
+    return f"{gap['gap']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def _model_cell(model: str, b: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.evaluation import EPS, Prequential, exact_auc
+from streams.evaluation import EPS, Prequential, auc_gap, exact_auc
 
 Z95 = 1.959964
 L2_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -224,21 +224,27 @@ def batch_baseline(
         "features": len(names), "l2": l2, "rate_strength": rate_strength,
         "online": _figures([e.p_open for e in test], y_test),
     }
+    scores: dict[str, list[float]] = {}
     if all(len(e.rates) == len(RATE_NAMES) for e in test):
         for i, name in enumerate(RATE_NAMES):
             if i > 0 and not any(e.keys[i - 1] for e in test):
                 report[name + "_skipped"] = f"no {KEY_NAMES[i - 1]} in the log"
                 continue
-            report[name] = _figures([e.rates[i] for e in test], y_test)
-    report["batch_lr"] = _figures(batch.tolist(), y_test)
+            scores[name] = [e.rates[i] for e in test]
+            report[name] = _figures(scores[name], y_test)
+    scores["batch_lr"] = batch.tolist()
+    report["batch_lr"] = _figures(scores["batch_lr"], y_test)
     gbm = lightgbm_baseline(train, test, names)
     if isinstance(gbm, str):
         report["lightgbm_skipped"] = gbm
     else:
-        report["lightgbm"] = _figures(gbm[0].tolist(), y_test)
+        scores["lightgbm"] = gbm[0].tolist()
+        report["lightgbm"] = _figures(scores["lightgbm"], y_test)
         report["lightgbm_rounds"] = gbm[1]
-    report["constant"] = _figures([float(y_train.mean())] * len(test), y_test)
+    scores["constant"] = [float(y_train.mean())] * len(test)
+    report["constant"] = _figures(scores["constant"], y_test)
     report.update(_verdict(report))
+    report["auc_gap"] = auc_gap([e.p_open for e in test], scores, y_test)
     return report
 
 

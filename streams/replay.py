@@ -290,6 +290,11 @@ def _baseline_lines(b: dict[str, Any]) -> Iterator[str]:
               f"{best.get('auc') or '-'} by AUC; online AUC at least the best: " \
               f"{_yes(verdict.get('auc_at_least_best'))}; online log loss below the " \
               f"constants': {_yes(verdict.get('log_loss_beats_constant'))}"
+    gap = b.get("auc_gap")
+    if gap and math.isfinite(gap["gap"]):
+        yield f"  online AUC - best baseline AUC: {gap['gap']:+.3f} (95% paired bootstrap " \
+              f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}], best picked per resample; online " \
+              f"at least the best in {gap['p_at_least']:.0%} of resamples)"
 
 
 def _yes(flag: Any) -> str:
