@@ -355,7 +355,8 @@ class PushflowWorker:
         self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
         self.app.task(self._write_loop)
         self._install_commit_barrier()
-        self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every)
+        self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every,
+                               s.snapshot_interval_s)
         self.app.agent(self.training, name="pushflow.train")(self._train_agent)
         self.items = ItemCounter(self)
         self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)

@@ -103,6 +103,15 @@ class Metrics:
             "1 while the snapshot follower runs and the newest record it read was valid.",
             registry=registry,
         )
+        self.snapshot_publish_failures = Counter(
+            "pushflow_model_snapshot_publish_failures",
+            "Snapshots the trainer could not publish (it keeps learning and tries again).",
+            registry=registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "pushflow_model_snapshot_bytes", "Size of the newest snapshot the trainer published.",
+            registry=registry,
+        )
         self.snapshot_age = Gauge(
             "pushflow_model_snapshot_age_seconds", "Seconds since the model in use was published.",
             registry=registry,

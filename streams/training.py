@@ -49,6 +49,7 @@ class Trainer:
         metrics: Metrics,
         publish: Callable[[bytes], Awaitable[None]],
         snapshot_every: int,
+        retry_after_s: float = 5.0,
     ) -> None:
         self.models = models
         self.metrics = metrics
@@ -59,6 +60,8 @@ class Trainer:
         self.learned_upto: dict[str, list[int]] = {}
         self.last_published = -1
         self.prequential = Prequential()
+        self.retry_after_s = retry_after_s
+        self._retry_at = 0.0  # monotonic: no publish attempt before, after a failed one
 
     @property
     def active(self) -> bool:
@@ -83,7 +86,7 @@ class Trainer:
         if offset >= self.training_offset:
             self.training_offset = offset + 1
             self.learn(parse_training_example(raw, max_bytes))
-        if self.unpublished >= self.snapshot_every:
+        if self.unpublished >= self.snapshot_every and time.monotonic() >= self._retry_at:
             await self.publish_snapshot()
 
     @property
@@ -116,13 +119,28 @@ class Trainer:
         self.learned_upto[where] = position
         return False
 
-    async def publish_snapshot(self) -> None:
+    async def publish_snapshot(self) -> bool:
+        """Publish the model as it is; False if the broker refused or did not answer. A
+        failure never stops learning: it is counted and logged, and the labels stay
+        unpublished until a later attempt (not before ``retry_after_s``) succeeds."""
         assert self.model is not None
         model = self.model.clone()
         upto = dict(self.learned_upto)
         meta = {"training_offset": self.training_offset, "learned_upto": upto}
-        await self.publish(self.models.encode(model, meta))
+        snapshot = self.models.encode(model, meta)
+        try:
+            await self.publish(snapshot)
+        except Exception as exc:  # the broker's answer, whatever it is: learning goes on
+            self._retry_at = time.monotonic() + self.retry_after_s
+            self.metrics.snapshot_publish_failures.inc()
+            log.warning("model snapshot version %d (%d bytes) not published: %s: %s; "
+                        "learning goes on, next attempt in %.0fs", model.version,
+                        len(snapshot), type(exc).__name__, exc, self.retry_after_s)
+            return False
+        self._retry_at = 0.0
+        self.metrics.snapshot_bytes.set(len(snapshot))
         self.last_published = model.version
         self.models.offer(model, int(time.time() * 1000), self.training_offset, upto)
         self.metrics.model_version.set(model.version)
         log.debug("published model snapshot version %d", model.version)
+        return True

@@ -271,3 +271,34 @@ def test_the_train_agent_dead_letters_junk(worker: Any) -> None:
     [(topic_field, _, record)] = worker.batch.outputs
     assert topic_field == "dead_letters_topic" and record["error_code"] == "invalid_json"
     assert record["source_topic"] == junk.topic and record["offset"] == 4
+
+
+def test_a_refused_snapshot_publish_is_counted_and_learning_goes_on() -> None:
+    """The broker refusing a snapshot (too large, timed out) never stops the trainer: the
+    labels stay unpublished, the next attempt waits ``retry_after_s``, then succeeds."""
+    settings = Settings()
+    metrics = Metrics(CollectorRegistry())
+    published: list[bytes] = []
+    refuse = [True]
+
+    async def publish(snapshot: bytes) -> None:
+        if refuse[0]:
+            raise RuntimeError("MESSAGE_TOO_LARGE")
+        published.append(snapshot)
+
+    trainer = Trainer(ModelHolder(fresh_model(settings)), metrics, publish, 2, retry_after_s=60)
+
+    async def feed() -> None:
+        for offset in range(6):
+            await trainer.on_example(offset, orjson.dumps(example(offset + 1)),
+                                     settings.max_output_bytes)
+
+    asyncio.run(feed())
+    assert trainer.model is not None and trainer.model.version == 6  # all learned
+    assert metrics.snapshot_publish_failures._value.get() == 1  # one attempt, then it waits
+    assert trainer.unpublished == 6 and not published
+    refuse[0] = False
+    trainer._retry_at = 0.0  # the wait is over
+    assert asyncio.run(trainer.publish_snapshot()) is True
+    assert trainer.unpublished == 0 and len(published) == 1
+    assert metrics.snapshot_bytes._value.get() == len(published[0])
