@@ -35,6 +35,7 @@ def decider_config(settings: Settings) -> DeciderConfig:
         decided_horizon_ms=settings.decided_horizon_s * 1000,
         decided_limit=settings.decided_limit,
         item_features=settings.item_features,
+        item_half_life_ms=settings.item_half_life_s * 1000,
     )
 
 

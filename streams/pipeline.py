@@ -88,6 +88,7 @@ class DeciderConfig:
     decided_limit: int = DECIDED_LIMIT
     # score with what everyone did with the content and creator (the Decider's ``items``)
     item_features: bool = False
+    item_half_life_ms: int = 6 * 3_600_000  # of the item statistics a replay keeps itself
 
 
 @dataclass(slots=True)

@@ -351,7 +351,7 @@ class Replayer:
     ) -> None:
         self.options, self.trainer, self.sink = options, model, sink
         self.serving = model if options.snapshot_every <= 0 else model.clone()
-        self.decider = Decider(lambda: self.serving, config, ItemStatsTable())
+        self.decider = Decider(lambda: self.serving, config, ItemStatsTable(config.item_half_life_ms))
         self.states: dict[str, UserState] = {}
         self.due: set[str] = set()
         self.clock = TickClock()

@@ -434,3 +434,14 @@ def test_tracked_keys_are_bounded_and_popped_when_learned(lines: list[bytes]) ->
         biggest = max(biggest, len(replayer.tracked))
     assert 0 < biggest <= 50
     assert replayer.rates.labels == replayer.trainer.version  # every learned label, no more
+
+
+def test_replay_keeps_item_statistics_with_the_configured_half_life() -> None:
+    from streams.config import decider_config
+    from streams.replay import Replayer
+    from streams.settings import Settings
+
+    config = decider_config(Settings(item_half_life_s=86_400))
+    replayer = Replayer(config, PushModel(), ReplayOptions(tick_interval_ms=60_000))
+    assert replayer.decider.items is not None
+    assert replayer.decider.items.half_life_ms == 86_400_000
