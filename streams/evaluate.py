@@ -203,7 +203,8 @@ class _Run:
             how = "truth" if name in TRUTH else name
             self.decider: Decider = _ScoredBy(config, self.population, how)
         else:
-            self.decider = Decider(lambda: self.serving, config, ItemStatsTable(config.item_half_life_ms))
+            items = ItemStatsTable(config.item_half_life_ms)
+            self.decider = Decider(lambda: self.serving, config, items)
         self.matcher = None if target is None else _VolumeMatcher(
             target, options.users, options.start_ms, options.matching_gain)
         self.learns = name in ("fixed-threshold", "full", "full-volume")

@@ -351,7 +351,8 @@ class Replayer:
     ) -> None:
         self.options, self.trainer, self.sink = options, model, sink
         self.serving = model if options.snapshot_every <= 0 else model.clone()
-        self.decider = Decider(lambda: self.serving, config, ItemStatsTable(config.item_half_life_ms))
+        items = ItemStatsTable(config.item_half_life_ms)
+        self.decider = Decider(lambda: self.serving, config, items)
         self.states: dict[str, UserState] = {}
         self.due: set[str] = set()
         self.clock = TickClock()
