@@ -48,7 +48,7 @@ DOC = ROOT / "docs" / "replay.md"
 SAMPLE = ROOT / "tests" / "data" / "obd"
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000
-SIMULATED = {"seed": 7, "users": 300, "hours": 168}
+SIMULATED: dict[str, Any] = {"seed": 7, "users": 300, "hours": 168}
 
 # The Open Bandit recipe of docs/replay.md: send everything the logging policy showed, no
 # per-user guardrail (a "user" is a cohort), labels resolved a minute after the impression.
