@@ -836,6 +836,7 @@ class PushflowWorker:
         self.due_built = False
         inputs = sorted(tp.partition for tp in assigned if tp.topic in self.inputs.topics)
         self.owned_inputs = {tp for tp in assigned if tp.topic in self.inputs.topics}
+        self.items.dated.clear()  # what recovery restores may be newer than what it knew
         self._drop_lag_series(self.owned_inputs)
         log.info("partitions assigned: %s", sorted(set(inputs)),
                  extra={"event": "assigned", "partitions": sorted(set(inputs))})

@@ -17,7 +17,6 @@ skips a record it has counted already (same item, outcome and intent) among the 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from streams.errors import ContractError
+from streams.follow import TopicFollower
 from streams.item_stats import (
     DISMISS,
     OPEN,
@@ -38,7 +38,6 @@ from streams.item_stats import (
     ItemStatsView,
     parse_feedback,
 )
-from streams.logs import client_logging
 
 if TYPE_CHECKING:
     from streams.app import PushflowWorker
@@ -75,6 +74,10 @@ class ItemCounter:
         self.changelog = self.table.changelog_topic.get_topic_name()
         self.seen: OrderedDict[tuple[bytes, int, str], None] = OrderedDict()
         self.watermark_ms = 0
+        # item -> (newest event time, partition) of what this worker wrote: the sweep reads
+        # it instead of parsing and hashing every record; records restored from the
+        # changelog are parsed once, at the first sweep that meets them
+        self.dated: dict[bytes, tuple[int, int]] = {}
         topic = worker._raw_topic(s.topic("item_feedback_topic"))
         worker.app.agent(topic, name="pushflow.items")(self.agent)
 
@@ -125,6 +128,7 @@ class ItemCounter:
         for item, (partition, stats) in changed.items():
             raw = stats.to_bytes()
             self.table.data[item] = raw
+            self.dated[item] = (stats.at_ms, partition)
             output.produce(self.changelog, item, raw, partition)
             output.produce(self.stats_topic, item, raw, partition)
 
@@ -134,12 +138,15 @@ class ItemCounter:
         topic, so every follower forgets them too. The number forgotten."""
         dated: list[tuple[int, bytes]] = []
         for item, raw in list(self.table.data.items()):
-            if self._partition_of(item) not in active:
-                continue
-            try:
-                dated.append((ItemStats.from_bytes(raw).at_ms, item))
-            except ValueError:
-                dated.append((0, item))
+            known = self.dated.get(item)
+            if known is None:
+                try:
+                    at_ms = ItemStats.from_bytes(raw).at_ms
+                except ValueError:
+                    at_ms = 0
+                known = self.dated[item] = (at_ms, self._partition_of(item))
+            if known[1] in active:
+                dated.append((known[0], item))
         oldest = self.watermark_ms - ttl_ms
         dated.sort()
         gone = [item for at, item in dated if at < oldest]
@@ -147,7 +154,7 @@ class ItemCounter:
         if beyond > 0:
             gone += [item for _, item in dated[len(gone):len(gone) + beyond]]
         for item in gone:
-            partition = self._partition_of(item)
+            partition = self.dated.pop(item)[1]
             del self.table.data[item]
             if partition in active:  # a standby's copy goes with its owner's tombstone
                 self.worker.output.produce(self.changelog, item, None, partition)
@@ -168,7 +175,7 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-class ItemStatsFollower:
+class ItemStatsFollower(TopicFollower):
     """Tails every partition of the statistics topic into ``table`` in a daemon thread."""
 
     def __init__(
@@ -179,70 +186,20 @@ class ItemStatsFollower:
         table: ItemStatsTable,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
-        self._consumer = Consumer(client_logging({
-            **client_config,
-            "group.id": "pushflow-item-stats-follower",  # never commits; assign() only
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }))
-        self._consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        super().__init__(client_config, topic, partitions, "item-stats-follower")
         self.table = table
         self._on_refused = on_refused
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._logged_at = 0.0
         self.read = 0
         self.problem: str | None = None
 
-    def catch_up(self, timeout: float) -> None:
-        """Read until every partition's end (or the timeout)."""
-        deadline, ends = time.monotonic() + timeout, set[int]()
-        partitions = {tp.partition for tp in self._consumer.assignment()}
-        while time.monotonic() < deadline and ends != partitions:
-            ends |= self._poll_safely(0.5)
-        if ends != partitions:
-            log.warning("item statistics not read to their end within %.0fs", timeout)
+    def report_problem(self, problem: str | None, detail: str = "") -> None:
+        self.problem = problem
+        if problem == "follower_error":
+            self._refuse(problem, detail)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="item-stats-follower", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._poll_safely(0.5)
-        finally:
-            if not self._stop.is_set():
-                self.problem = "follower_stopped"
-
-    def _poll_safely(self, timeout: float) -> set[int]:
-        """One batch of records; the partitions that reached their end in it."""
-        try:
-            messages = self._consumer.consume(1000, timeout)
-        except Exception as exc:  # the client itself failing
-            self.problem = "follower_error"
-            self._refuse("follower_error", f"{type(exc).__name__}: {exc}")
-            self._stop.wait(1.0)
-            return set()
-        self.problem = None
-        ends: set[int] = set()
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    ends.add(int(message.partition() or 0))
-                else:
-                    log.warning("item statistics follower: %s", error)
-                continue
-            self._apply(message.key(), message.value())
-        return ends
+    def apply(self, message: Message) -> None:
+        self._apply(message.key(), message.value())
 
     def _apply(self, key: bytes | None, raw: bytes | None) -> None:
         item = (key or b"").decode(errors="replace")

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Message
 
 from streams import snapshot_format
 from streams.errors import SnapshotError
-from streams.logs import client_logging
+from streams.follow import TopicFollower
 from streams.model import MODEL_FORMAT, PushModel
 from streams.settings import Secret
 
@@ -154,7 +154,7 @@ def _position(document: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]]:
     return offset, learned_upto
 
 
-class SnapshotFollower:
+class SnapshotFollower(TopicFollower):
     """Tails the snapshot topic in a daemon thread and offers each snapshot to a holder.
 
     Parameters
@@ -164,7 +164,7 @@ class SnapshotFollower:
     topic
         The snapshot topic (one partition).
     holder
-        Receives every snapshot read.
+        Receives every snapshot read; its ``follower_problem`` says when the follower fails.
     on_swap
         Called with the new version after the holder took a snapshot.
     """
@@ -176,74 +176,21 @@ class SnapshotFollower:
         holder: ModelHolder,
         on_swap: Callable[[int], None] | None = None,
     ) -> None:
-        self._consumer = Consumer(
-            client_logging({
-                **client_config,
-                "group.id": "pushflow-snapshot-follower",  # never commits; assign() only
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.message.max.bytes": 64 * 1024 * 1024,
-            })
-        )
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        super().__init__(client_config, topic, 1, "snapshot-follower", batch=1,
+                         extra={"fetch.message.max.bytes": 64 * 1024 * 1024})
         self._holder = holder
         self._on_swap = on_swap
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def catch_up(self, timeout: float) -> None:
-        """Read until the end of the topic (or the timeout): a cold start serves the newest."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._poll_safely(0.5) == "eof":
-                return
-        log.warning("snapshot topic not read to its end within %.0fs", timeout)
+    def report_problem(self, problem: str | None, detail: str = "") -> None:
+        self._holder.follower_problem = problem
+        if problem == "follower_error":
+            self._holder.count(problem, detail, exc_info=True)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="snapshot-follower", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._poll_safely(0.5)
-        finally:
-            if not self._stop.is_set():
-                self._holder.follower_problem = "follower_stopped"
-
-    def _poll_safely(self, timeout: float) -> str | None:
-        """One poll that nothing read can turn into an exception (a start never fails on it)."""
-        try:
-            outcome = self._poll_once(timeout)
-        except Exception as exc:  # the client itself failing: not ready while it does
-            self._holder.follower_problem = "follower_error"
-            self._holder.count("follower_error", f"{type(exc).__name__}: {exc}", exc_info=True)
-            self._stop.wait(1.0)
-            return None
-        self._holder.follower_problem = None
-        return outcome
-
-    def _poll_once(self, timeout: float) -> str | None:
-        message = self._consumer.poll(timeout)
-        if message is None:
-            return None
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return "eof"
-            log.warning("snapshot follower: %s", error)
-            return None
+    def apply(self, message: Message) -> None:
         raw = message.value()
         if raw is None:  # a tombstone: nothing to serve, nothing wrong
-            return "message"
+            return
         if self._holder.offer_bytes(raw, message.timestamp()[1]):
             log.info("serving model version %d", self._holder.serving.version)
             if self._on_swap is not None:
                 self._on_swap(self._holder.serving.version)
-        return "message"
