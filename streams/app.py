@@ -25,7 +25,7 @@ import orjson
 from faust.serializers import codecs
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streams.config import decider_config, fresh_model
+from streams.config import challenger_specs, decider_config, fresh_model, model_defaults
 from streams.contracts import (
     DEAD_LETTER_RESERVE,
     Candidate,
@@ -183,6 +183,13 @@ class Batch:
                      candidates=self.candidates + later.candidates)
 
 
+def models_page(holder: ModelHolder) -> dict[str, Any]:
+    """``/models``: the model served, and every model's figures on the same labels as of the
+    newest snapshot (the comparison travels in it, so any worker can show it)."""
+    return {"serving": holder.serving_name, "version": holder.serving.version,
+            "published_at_ms": holder.published_at_ms, "comparison": holder.comparison}
+
+
 def record_time_ms(message: Any) -> int:
     """The broker timestamp of an input's record (Faust gives seconds); the worker's clock
     when the record has none."""
@@ -243,6 +250,7 @@ class PushflowWorker:
         # lists the old assignment between a revocation and the next assignment.
         self.owned_inputs: set[Any] = set()
         self.lag_series: set[tuple[str, int]] = set()
+        self.comparison_series: set[tuple[str, str]] = set()
         # Input partitions read again from an offset the consumer skipped (see _skipped).
         self.rewinding: dict[tuple[str, int], Rewind] = {}
         self.rewound: dict[tuple[str, int], int] = {}
@@ -356,7 +364,9 @@ class PushflowWorker:
         self.app.task(self._write_loop)
         self._install_commit_barrier()
         self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every,
-                               s.snapshot_interval_s)
+                               s.snapshot_interval_s, champion=s.model,
+                               challenger_specs=challenger_specs(s),
+                               defaults=model_defaults(s))
         self.app.agent(self.training, name="pushflow.train")(self._train_agent)
         self.items = ItemCounter(self)
         self.app.timer(s.tick_interval_s, name="pushflow.tick")(self._tick)
@@ -395,6 +405,11 @@ class PushflowWorker:
             return web.json(item_page(worker.item_stats, key))
 
         self.app.page("/items", name="pushflow-items")(items)
+
+        async def models(web: Any, request: Any) -> Any:
+            return web.json(models_page(worker.models))
+
+        self.app.page("/models", name="pushflow-models")(models)
 
     def _recovered(self) -> bool:
         return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
@@ -905,6 +920,23 @@ class PushflowWorker:
                         total, dict(self.dead_letter_codes))
             self.dead_letter_codes.clear()
 
+    def _update_comparison(self) -> None:
+        """Champion and challengers' figures, while this worker trains; none otherwise."""
+        m = self.metrics
+        gauges = (m.compare_auc, m.compare_log_loss, m.compare_calibration_error,
+                  m.compare_labels)
+        report = self.trainer.shadows.report() if self.trainer.active else {}
+        series = {(name, r["role"]) for name, r in report.items()}
+        for gone in self.comparison_series - series:
+            for gauge in gauges:
+                gauge.remove(*gone)
+        self.comparison_series = series
+        for name, r in report.items():
+            m.compare_auc.labels(name, r["role"]).set(r["rolling_auc"])
+            m.compare_log_loss.labels(name, r["role"]).set(r["log_loss"])
+            m.compare_calibration_error.labels(name, r["role"]).set(r["calibration_error"])
+            m.compare_labels.labels(name, r["role"]).set(r["n"])
+
     def _drop_lag_series(self, owned: set[Any]) -> None:
         """Remove the lag series of every input partition not in ``owned``."""
         keep = {(tp.topic, tp.partition) for tp in owned}
@@ -952,6 +984,7 @@ class PushflowWorker:
         m.log_loss.set(report["log_loss"])
         m.calibration_error.set(report["calibration_error"])
         m.base_rate.set(report["base_rate"])
+        self._update_comparison()
         await self._update_lag()
         self._log_dead_letters()
         active = self._active_partitions()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from streams.challengers import parse_spec, parse_specs
 from streams.model import PushModel
 from streams.pipeline import DeciderConfig
 from streams.policy import PolicyConfig
@@ -45,5 +46,15 @@ def _setting(settings: Settings, name: str) -> Any:
     return getattr(settings, name)
 
 
+def model_defaults(settings: Settings) -> dict[str, Any]:
+    """What every model spec starts from (streams.challengers)."""
+    return {"learning_rate": settings.learning_rate, "seed": settings.seed}
+
+
 def fresh_model(settings: Settings) -> PushModel:
-    return PushModel(learning_rate=settings.learning_rate, seed=settings.seed)
+    """The champion spec's cold model (``PUSHFLOW_MODEL``)."""
+    return parse_spec(settings.model).build(model_defaults(settings))
+
+
+def challenger_specs(settings: Settings) -> tuple[str, ...]:
+    return parse_specs(settings.challengers)

@@ -119,10 +119,15 @@ class WorkerProcess:
 
 def scrape(text: str) -> dict[str, Any]:
     """The worker figures the summary needs, from its Prometheus exposition."""
-    figures: dict[str, Any] = {"labeled_examples": 0.0, "learned": 0.0, "ignored": {}}
+    figures: dict[str, Any] = {"labeled_examples": 0.0, "learned": 0.0, "ignored": {},
+                               "compare": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "pushflow_ignored_messages_total":
+            if sample.name.startswith("pushflow_model_compare_"):
+                model = figures["compare"].setdefault(sample.labels["model"],
+                                                      {"role": sample.labels["role"]})
+                model[sample.name.removeprefix("pushflow_model_compare_")] = sample.value
+            elif sample.name == "pushflow_ignored_messages_total":
                 reason = sample.labels["reason"]
                 figures["ignored"][reason] = figures["ignored"].get(reason, 0) + sample.value
             elif sample.name == "pushflow_labeled_examples_total":

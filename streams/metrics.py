@@ -93,6 +93,25 @@ class Metrics:
             "pushflow_model_base_rate", "Open rate over the last labeled examples.",
             registry=registry,
         )
+        # Champion and challengers, each scored on every label just before learning it
+        # (streams.challengers); only the worker that trains exports them.
+        compare = ["model", "role"]
+        self.compare_auc = Gauge(
+            "pushflow_model_compare_auc", "Rolling ROC AUC of each model on the same labels, "
+            "scored when the label arrived, before learning it.", compare, registry=registry,
+        )
+        self.compare_log_loss = Gauge(
+            "pushflow_model_compare_log_loss", "Rolling log loss of each model on the same "
+            "labels.", compare, registry=registry,
+        )
+        self.compare_calibration_error = Gauge(
+            "pushflow_model_compare_calibration_error", "Expected calibration error of each "
+            "model on the same labels.", compare, registry=registry,
+        )
+        self.compare_labels = Gauge(
+            "pushflow_model_compare_labels", "Labels each model was scored on since it "
+            "started learning here.", compare, registry=registry,
+        )
         self.snapshots_refused = Counter(
             "pushflow_model_snapshots_refused",
             "Records of the snapshot topic that were not served, by reason.",

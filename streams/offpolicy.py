@@ -16,8 +16,8 @@ against on the same test rows (the second part of the labels by decision time):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -187,7 +187,9 @@ class RateBaselines:
 class Labeled:
     """A learned example with the p_open the online model gave it at decision time, the
     row's user, content, creator and kind, and the online rate baselines' p at that time
-    (in :data:`RATE_NAMES` order; empty when not known)."""
+    (in :data:`RATE_NAMES` order; empty when not known). ``shadows`` holds the scores of
+    the champion and its challengers when the label arrived, just before they learned it
+    (:mod:`streams.challengers`), by spec name."""
 
     decided_at_ms: int
     features: dict[str, float]
@@ -195,6 +197,7 @@ class Labeled:
     label: int
     keys: Keys = ("", "", "", "")
     rates: tuple[float, ...] = ()
+    shadows: Mapping[str, float] = field(default_factory=dict)
 
 
 def batch_baseline(
@@ -245,6 +248,12 @@ def batch_baseline(
     report["constant"] = _figures(scores["constant"], y_test)
     report.update(_verdict(report))
     report["auc_gap"] = auc_gap([e.p_open for e in test], scores, y_test)
+    shadowed = [name for name in test[0].shadows if all(name in e.shadows for e in test)]
+    if shadowed:  # every model scored at label time, judged against the same baselines
+        report["challengers"] = {
+            name: {**_figures(p, y_test), "auc_gap": auc_gap(p, scores, y_test)}
+            for name in shadowed for p in [[e.shadows[name] for e in test]]
+        }
     return report
 
 

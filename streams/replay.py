@@ -35,6 +35,7 @@ import click
 import orjson
 
 from streams.attribution import TrainingExample
+from streams.challengers import restore as restore_shadows
 from streams.contracts import (
     DEFAULT_MAX_BYTES,
     Candidate,
@@ -190,6 +191,11 @@ class ReplayOptions:
     user_ttl_ms: int = 30 * 86_400_000  # forget idle users, as the worker's TTL sweep does
     rate_strength: float = RATE_STRENGTH  # prior pseudo-labels of the per-group rate baselines
     max_tracked: int = 1_000_000  # sent intents awaiting a label whose keys are kept (oldest go)
+    # the champion's spec name and the specs shadowed beside it (streams.challengers), and
+    # the settings every spec starts from (learning rate, seed)
+    champion: str = "hashed-lr"
+    challengers: tuple[str, ...] = ()
+    model_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +301,22 @@ def _baseline_lines(b: dict[str, Any]) -> Iterator[str]:
         yield f"  online AUC - best baseline AUC: {gap['gap']:+.3f} (95% paired bootstrap " \
               f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}], best picked per resample; online " \
               f"at least the best in {gap['p_at_least']:.0%} of resamples)"
+    yield from _challenger_lines(b.get("challengers") or {})
+
+
+def _challenger_lines(shadows: dict[str, Any]) -> Iterator[str]:
+    """Champion and challengers on the same test rows, each scored when the label arrived."""
+    if not shadows:
+        return
+    yield "champion and challengers on the same test rows, scored when each label arrived " \
+          "(before learning it):"
+    yield f"  {'model':<32} {'AUC':>8} {'log loss':>9} {'ECE':>8} {'AUC - best baseline':>20}"
+    for name, f in shadows.items():
+        gap = f.get("auc_gap") or {}
+        ci = gap.get("ci") or [math.nan, math.nan]
+        spread = f"{gap.get('gap', math.nan):+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+        yield f"  {name:<32} {_num(f['auc']):>8} {_num(f['log_loss']):>9} " \
+              f"{_num(f['ece']):>8} {spread:>20}"
 
 
 def _yes(flag: Any) -> str:
@@ -362,6 +384,8 @@ class Replayer:
             k: Counter() for k in ("msg", "dl", "ign", "dec", "lab")
         }
         self.prequential = Prequential(window=options.window)
+        self.shadows = restore_shadows(options.champion, options.challengers, None,
+                                       options.model_defaults, options.window)
         self.curve = LearningCurve()
         self.hourly: dict[int, Counter[str]] = {}
         self.by_group: dict[int, dict[str, list[int]]] = {}
@@ -508,18 +532,21 @@ class Replayer:
         self.counts["lab"][example.outcome] += 1
         self._count_group(example)
         keys, rates = tracked if tracked is not None else ((example.user_id, "", "", ""), ())
+        opened, disabled = bool(example.label), bool(example.disabled)
+        shadows = {} if not self.shadows.models else self.shadows.observe(
+            self.trainer, example.features, opened=opened, disabled=disabled)
         if example.p_open is not None:
             self.prequential.update(example.p_open, example.label)
             self.curve.update(self.prequential)
             self.labeled.append(Labeled(example.decided_at_ms, example.features, example.p_open,
-                                        example.label, keys, rates or self.rates.predict(keys)))
+                                        example.label, keys, rates or self.rates.predict(keys),
+                                        shadows))
         self.rates.learn(keys, example.label)
         if p_disable is not None:
             p = min(max(p_disable, EPS), 1 - EPS)
             self.disable_loss[0] -= math.log(p if example.disabled else 1 - p)
             self.disable_loss[1] += 1
-        self.trainer.learn(example.features, opened=bool(example.label),
-                           disabled=bool(example.disabled))
+        self.trainer.learn(example.features, opened=opened, disabled=disabled)
         every = self.options.snapshot_every
         if every > 0 and self.trainer.version - self.serving.version >= every:
             self.serving = self.trainer.clone()
@@ -632,31 +659,42 @@ _setting_flags = setting_flags(_FLAGS)
               help="Progress bar on stderr  [default: when stderr is a terminal]")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write an HTML report with plots here (needs the 'report' extra).")
+@click.option("--model", "model_spec", default=None, metavar="SPEC", envvar="PUSHFLOW_MODEL",
+              show_envvar=True,
+              help="The champion's model spec (docs/model.md)  [default: hashed-lr]")
+@click.option("--challengers", "challenger_specs", multiple=True, metavar="SPEC",
+              help="Shadow this model spec beside the champion, on the same labels "
+                   "(repeatable; docs/model.md lists the specs).")
 @_setting_flags
 def replay_command(file: str, report_json: Path | None, snapshot_every: int,
                    baseline_share: float, window: int, decisions_out: BinaryIO | None,
                    policy_overrides: tuple[str, ...], progress: bool | None,
-                   html: Path | None, **flags: Any) -> None:
+                   html: Path | None, model_spec: str | None,
+                   challenger_specs: tuple[str, ...], **flags: Any) -> None:
     """Replay a JSONL log of input messages through the decision core (see docs/replay.md).
 
     Exits 1 when no line of FILE is a pushflow message (say, a CSV given by mistake).
     """
-    from streams.config import decider_config, fresh_model
+    from streams.challengers import parse_specs
+    from streams.config import decider_config, fresh_model, model_defaults
     from streams.report import replay_report, require_plotting, write_report
     from streams.settings import Settings
 
     if html is not None:
         require_plotting()  # before the replay, not after it
     try:
-        settings = Settings.from_env(os.environ, **flags)
+        settings = Settings.from_env(os.environ, **flags, model=model_spec)
         config = with_policy_overrides(decider_config(settings), policy_overrides)
+        shadowed = parse_specs(" ".join(challenger_specs))
     except (PushflowError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     check_writable(report_json, "--report-json")
     check_writable(html, "--html")
     tune_gc(settings.gc_threshold)  # a replay holds every user's state, as a worker does
     options = ReplayOptions(int(settings.tick_interval_s * 1000), settings.max_message_bytes,
-                            snapshot_every, window, baseline_share, settings.user_ttl_s * 1000)
+                            snapshot_every, window, baseline_share, settings.user_ttl_s * 1000,
+                            champion=settings.model, challengers=shadowed,
+                            model_defaults=model_defaults(settings))
     started = time.monotonic()
     with click.open_file(file, "rb") as stream:
         lines = _with_progress(stream, _size(file), progress)

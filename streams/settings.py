@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from streams.challengers import parse_spec, parse_specs
 from streams.contracts import whole_dead_letter_bytes
 from streams.errors import ConfigError
 
@@ -115,6 +116,10 @@ class Settings:
     threshold: float = 0.08
     attribution_window_s: int = 3600
     learning_rate: float = 0.05
+    # the model every worker scores with, and the models shadowed beside it on the same
+    # labels (space-separated specs: NAME or NAME:key=value,...; streams.challengers)
+    model: str = "hashed-lr"
+    challengers: str = "hashed-lr-fast"
     seed: int = 42
     snapshot_every: int = 200
     snapshot_interval_s: float = 5.0
@@ -194,6 +199,8 @@ class Settings:
             raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "
                               f"{self.user_ttl_s}], not {self.decided_horizon_s!r}")
         self._check_output_limits()
+        object.__setattr__(self, "model", parse_spec(self.model).name)
+        object.__setattr__(self, "challengers", " ".join(parse_specs(self.challengers)))
         if self.broker is not None:
             check_broker_url(self.broker)
 

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Message
@@ -26,6 +27,7 @@ from streams.errors import SnapshotError
 from streams.follow import TopicFollower
 from streams.model import MODEL_FORMAT, PushModel
 from streams.settings import Secret
+from streams.snapshot_format import MAX_NAME_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ class ModelHolder:
         # newest source position learned per input partition (re-emitted examples are older).
         self.training_offset = 0
         self.learned_upto: dict[str, list[int]] = {}
+        # The newest snapshot's champion spec (None before one names it) and its challengers'
+        # learned states, as read (checked when a trainer restores them, streams.challengers).
+        self.serving_name: str | None = None
+        self.challenger_states: dict[str, Any] = {}
+        self.comparison: dict[str, Any] = {}
         self.refused = 0
         # Why the newest record read was refused, and what stops the follower (see status).
         self.newest_refusal: str | None = None
@@ -80,8 +87,10 @@ class ModelHolder:
         published_at_ms: int,
         training_offset: int = 0,
         learned_upto: Mapping[str, list[int]] | None = None,
+        shadows: Shadowed | None = None,
     ) -> bool:
-        """Serve ``model`` if it is newer than the current one; True if it was taken."""
+        """Serve ``model`` if it is newer than the current one; True if it was taken.
+        ``shadows`` is what the snapshot says about champion and challengers."""
         with self._lock:
             if model.version <= self.serving.version and self.published_at_ms is not None:
                 return False
@@ -89,6 +98,10 @@ class ModelHolder:
             self.published_at_ms = published_at_ms
             self.training_offset = training_offset
             self.learned_upto = dict(learned_upto or {})
+            shadows = shadows or Shadowed()
+            self.serving_name = shadows.name
+            self.challenger_states = dict(shadows.states)
+            self.comparison = dict(shadows.comparison)
             return True
 
     def offer_bytes(self, raw: bytes, published_at_ms: int) -> bool:
@@ -97,6 +110,7 @@ class ModelHolder:
             document = snapshot_format.decode(raw, self.key, MODEL_FORMAT)
             model = PushModel.from_state(document)
             offset, learned_upto = _position(document)
+            shadows = _shadowed(document)
         except SnapshotError as exc:
             self.refuse(exc.reason, str(exc))
             return False
@@ -104,7 +118,7 @@ class ModelHolder:
             self.refuse("unexpected", f"{type(exc).__name__}: {exc}", exc_info=True)
             return False
         self.newest_refusal = None
-        return self.offer(model, published_at_ms, offset, learned_upto)
+        return self.offer(model, published_at_ms, offset, learned_upto, shadows)
 
     def refuse(self, reason: str, message: str, exc_info: bool = False) -> None:
         """Count and log one refused record: the worker is not ready until a valid one."""
@@ -137,6 +151,34 @@ class ModelHolder:
     @property
     def newest_refused(self) -> bool:
         return self.newest_refusal is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Shadowed:
+    """What a snapshot holds beside its champion: the champion's spec name, the learned
+    states of its challengers by spec name, and every model's figures when it was taken."""
+
+    name: str | None = None
+    states: Mapping[str, Any] = field(default_factory=dict)
+    comparison: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _shadowed(document: Mapping[str, Any]) -> Shadowed:
+    """The champion's name and the challengers of a snapshot (both optional); their shapes are
+    checked here, each challenger's values when a trainer restores it."""
+    name = document.get("model")
+    if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS):
+        raise SnapshotError("snapshot.model is not a model spec name")
+    shadows: dict[str, dict[str, Any]] = {}
+    for part in ("challengers", "comparison"):
+        found = document.get(part, {})
+        if not isinstance(found, dict) or not all(
+            isinstance(k, str) and len(k) <= MAX_NAME_CHARS and isinstance(v, dict)
+            for k, v in found.items()
+        ):
+            raise SnapshotError(f"snapshot.{part} is not an object of objects by model name")
+        shadows[part] = found
+    return Shadowed(name, shadows["challengers"], shadows["comparison"])
 
 
 def _position(document: Mapping[str, Any]) -> tuple[int, dict[str, list[int]]]:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from streams import challengers
+from streams.challengers import Shadows
 from streams.contracts import DEFAULT_MAX_BYTES, parse_training_example
 from streams.evaluation import Prequential
 from streams.metrics import Metrics
 from streams.model import PushModel
-from streams.snapshots import ModelHolder
+from streams.snapshots import ModelHolder, Shadowed
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class Trainer:
         Writes one snapshot (bytes) to the snapshot topic.
     snapshot_every
         Labels learned between two snapshots (a timer also publishes, see the worker).
+    champion, challenger_specs
+        The spec the worker scores with and the specs shadowed beside it
+        (:mod:`streams.challengers`).
+    defaults
+        The worker's model settings a spec starts from (learning rate, seed).
     """
 
     def __init__(
@@ -50,6 +57,9 @@ class Trainer:
         publish: Callable[[bytes], Awaitable[None]],
         snapshot_every: int,
         retry_after_s: float = 5.0,
+        champion: str = "hashed-lr",
+        challenger_specs: tuple[str, ...] = (),
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.models = models
         self.metrics = metrics
@@ -62,6 +72,11 @@ class Trainer:
         self.prequential = Prequential()
         self.retry_after_s = retry_after_s
         self._retry_at = 0.0  # monotonic: no publish attempt before, after a failed one
+        self.champion_spec = champion  # as configured; ``champion`` is the one trained
+        self.champion = champion
+        self.challenger_specs = challenger_specs
+        self.defaults = dict(defaults or {})
+        self.shadows = Shadows(champion, {})
 
     @property
     def active(self) -> bool:
@@ -69,12 +84,20 @@ class Trainer:
 
     def start(self) -> None:
         """Train here from the newest snapshot this worker serves."""
-        self.model = self.models.serving.clone()
+        held = self.models
+        self.model, self.champion, replaced = challengers.promoted(
+            self.champion_spec, held.serving, held.serving_name, held.challenger_states)
+        states = dict(held.challenger_states)
+        if replaced is not None:  # the old champion, learned as it is, may be judged on
+            states[replaced] = held.serving.state()
+        self.shadows = challengers.restore(self.champion, self.challenger_specs, states,
+                                           self.defaults)
         self.training_offset = self.models.training_offset
         self.learned_upto = dict(self.models.learned_upto)
         self.last_published = self.model.version
-        log.info("training here from model version %d (training offset %d)",
-                 self.model.version, self.training_offset)
+        log.info("training here from model %s version %d (training offset %d); "
+                 "challengers: %s", self.champion, self.model.version, self.training_offset,
+                 ", ".join(self.shadows.models) or "none")
 
     def stop(self) -> None:
         self.model = None
@@ -103,9 +126,10 @@ class Trainer:
             return
         if example.get("p_open") is not None:
             self.prequential.update(example["p_open"], example["label"])
-        self.model.learn(
-            example["features"], opened=bool(example["label"]), disabled=bool(example["disabled"])
-        )
+        features = example["features"]
+        opened, disabled = bool(example["label"]), bool(example["disabled"])
+        self.shadows.observe(self.model, features, opened=opened, disabled=disabled)
+        self.model.learn(features, opened=opened, disabled=disabled)
         self.metrics.learned.inc()
 
     def _learned_before(self, source: dict[str, Any] | None) -> bool:
@@ -126,7 +150,10 @@ class Trainer:
         assert self.model is not None
         model = self.model.clone()
         upto = dict(self.learned_upto)
-        meta = {"training_offset": self.training_offset, "learned_upto": upto}
+        shadowed = Shadowed(self.champion, self.shadows.states(), self.comparison())
+        meta = {"training_offset": self.training_offset, "learned_upto": upto,
+                "model": shadowed.name, "challengers": shadowed.states,
+                "comparison": shadowed.comparison}
         snapshot = self.models.encode(model, meta)
         try:
             await self.publish(snapshot)
@@ -140,7 +167,17 @@ class Trainer:
         self._retry_at = 0.0
         self.metrics.snapshot_bytes.set(len(snapshot))
         self.last_published = model.version
-        self.models.offer(model, int(time.time() * 1000), self.training_offset, upto)
+        self.models.offer(model, int(time.time() * 1000), self.training_offset, upto, shadowed)
         self.metrics.model_version.set(model.version)
         log.debug("published model snapshot version %d", model.version)
         return True
+
+    def comparison(self) -> dict[str, dict[str, Any]]:
+        """Every model's figures on the same labels (no reliability table), JSON-safe."""
+        keep = ("role", "n", "window", "rolling_auc", "log_loss", "calibration_error")
+        return {name: {k: _finite(report[k]) for k in keep}
+                for name, report in self.shadows.report().items()}
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value

@@ -3,7 +3,12 @@ group serves the same version shortly after it is published."""
 
 from __future__ import annotations
 
+import urllib.request
+
+import orjson
 import pytest
+
+from streams.demo import scrape
 
 from .conftest import Deployment, wait_for_metrics
 from .test_decision_loop import NOON, activity, candidate, feedback
@@ -63,3 +68,20 @@ def test_two_workers_serve_the_same_version_and_learn_each_label_once(
     ]
     assert sum(f["learned"] for f in figures) == len(opened)  # one trainer, each label once
     assert sum(f["labeled_examples"] for f in figures) == len(opened)
+    # the worker that trains judges champion and challenger on the same labels; the other
+    # exports no comparison at all
+    trains = [w for w, f in zip(workers, figures, strict=True) if f["learned"]]
+    assert len(trains) == 1
+    compared = wait_for_metrics(trains[0], lambda f: all(
+        m.get("labels") == len(opened) for m in f["compare"].values()) and f["compare"],
+        timeout=30)["compare"]
+    assert {name: m["role"] for name, m in compared.items()} == {
+        "hashed-lr": "champion", "hashed-lr-fast": "challenger"}
+    others = [w for w in workers if w is not trains[0]]
+    assert all(not scrape(w.metrics_text())["compare"] for w in others)
+    # ... but every worker shows the comparison of the newest snapshot on /models
+    for worker in workers:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/models", timeout=10) as r:
+            page = orjson.loads(r.read())
+        assert page["serving"] == "hashed-lr" and page["version"] == len(opened)
+        assert set(page["comparison"]) == {"hashed-lr", "hashed-lr-fast"}

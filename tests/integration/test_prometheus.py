@@ -183,6 +183,8 @@ def allowed_label_values(settings: Settings) -> dict[str, Callable[[str, str], b
         "explore": lambda name, v: v in {"true", "false"},
         "clock": lambda name, v: v in {"event", "processing"},
         "table": lambda name, v: v == "user-state",
+        "model": lambda name, v: v in {settings.model, *settings.challengers.split()},
+        "role": lambda name, v: v in {"champion", "challenger"},
         "le": lambda name, v: bool(re.fullmatch(r"[0-9.e+-]+|\+Inf", v)),
     }
 

@@ -32,6 +32,8 @@ BOUNDED_LABELS = {
     "explore": "true, false",
     "clock": "event, processing",
     "table": "the worker's table names",
+    "model": "the configured model specs (PUSHFLOW_MODEL and PUSHFLOW_CHALLENGERS)",
+    "role": "champion, challenger",
 }
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from streams.app import PushflowWorker
 from streams.settings import Settings
 
-OUR_PAGES = {"/metrics", "/healthz", "/readyz", "/items"}
+OUR_PAGES = {"/metrics", "/healthz", "/readyz", "/items", "/models"}
 # Faust's settings read from the environment, each of which would open one of its pages or
 # move the server off the configured address if the worker read them.
 FAUST_ENV = {
