@@ -5,9 +5,10 @@ baseline of ``bench/baselines.py`` does, plus a JSON decode: every event is pars
 ``orjson`` and counted per user (the message key, which is the ``user_id``).
 
 ``quix``
-    Quix Streams: one ``StreamingDataFrame`` per input topic, ``update(..., stateful=True)``
-    keeping the count in its ``State`` (a RocksDB store per partition under ``--state-dir``,
-    with its changelog topics), consumer group ``--group`` from the earliest offset.
+    Quix Streams: the two input topics' ``StreamingDataFrame`` s concatenated (``concat``),
+    then ``update(..., stateful=True)`` keeping the count in its ``State`` (a RocksDB store
+    per partition under ``--state-dir``, with its changelog topic), consumer group
+    ``--group`` from the earliest offset.
 ``bytewax``
     Bytewax: ``bytewax.connectors.kafka`` input from the beginning, ``stateful_map`` per
     user (in memory: no recovery store is configured). Bytewax's Kafka source assigns the
@@ -21,15 +22,19 @@ counted each event once::
         --state-dir /tmp/b-quix
 
 They need the ``bench`` extra (``pip install -e '.[bench]'``); :func:`missing` names what
-is not installed.
+is not installed. ``python bench/peers.py --check`` prints, as JSON, what each peer lacks (or
+null) and the versions found, in the interpreter that runs it: ``bench/run.py`` asks the
+interpreter it will run the peers with (``--peer-python``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
@@ -62,6 +67,17 @@ def missing(peer: str) -> str | None:
     if found:
         return None
     return f"{package} is not installed (pip install -e '.[bench]')"
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the peers' packages (and their Kafka client) in this interpreter."""
+    found: dict[str, str | None] = {}
+    for package in ("quixstreams", "bytewax", "confluent-kafka", "orjson"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 class Counts:
@@ -110,12 +126,17 @@ def run_quix(args: argparse.Namespace, counts: Counts) -> None:
         state.set("count", total)
         counts.add(total)
 
+    frames = []
     for name in INPUT_TOPICS:
         topic = app.topic(name, key_deserializer="bytes", value_deserializer="bytes")
         # tansu's DescribeConfigs leaves retention.ms out, and Quix Streams needs it to derive
         # the changelog topic's config: say "keep forever", as the topics are created.
         topic.broker_config.extra_config.setdefault("retention.ms", "-1")
-        app.dataframe(topic).update(count, stateful=True)
+        frames.append(app.dataframe(topic))
+    # One count per user over both topics (like the Faust counter's one Table): a stateful
+    # step on each topic's own dataframe would keep one store, and one count, per topic.
+    events = frames[0].concat(frames[1])
+    events.update(count, stateful=True)
     app.run()
 
 
@@ -154,12 +175,20 @@ def run_bytewax(args: argparse.Namespace, counts: Counts) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("peer", choices=sorted(REQUIRES))
-    parser.add_argument("--bootstrap", required=True, help="host:port of the broker")
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--web-port", type=int, required=True)
-    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("peer", nargs="?", choices=sorted(REQUIRES))
+    parser.add_argument("--check", action="store_true",
+                        help="print what each peer lacks and the versions found, then exit")
+    parser.add_argument("--bootstrap", help="host:port of the broker")
+    parser.add_argument("--group")
+    parser.add_argument("--web-port", type=int)
+    parser.add_argument("--state-dir")
     args = parser.parse_args()
+    if args.check:
+        sys.stdout.buffer.write(orjson.dumps({"missing": {p: missing(p) for p in REQUIRES},
+                                              "versions": versions()}) + b"\n")
+        return
+    if args.peer is None or None in (args.bootstrap, args.group, args.web_port, args.state_dir):
+        parser.error("a peer, --bootstrap, --group, --web-port and --state-dir are required")
     counts = Counts()
     counts.serve(args.web_port)
     (run_quix if args.peer == "quix" else run_bytewax)(args, counts)

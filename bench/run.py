@@ -17,6 +17,10 @@ Example::
 
     python bench/run.py --quick                      # ~20k events, a smoke check
     python bench/run.py --out bench/results/latest.json
+    python bench/run.py --quick --peer-python /path/to/venv/bin/python   # peers elsewhere
+
+The peers run in ``--peer-python`` (this interpreter by default), so Quix Streams' own pin of
+confluent-kafka need not be the one the worker is measured with.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ from typing import Any
 
 import orjson
 from peers import NAMES as PEER_NAMES
-from peers import missing
 from phases import (
     changelog_sizes,
     consume_all,
@@ -87,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=("noop", "counter", *PEERS, "latency", "recovery", "profile"),
                         help="leave phases out (for experiments; the full run has them all)")
+    parser.add_argument("--peer-python", default=os.environ.get("PUSHFLOW_BENCH_PEER_PYTHON",
+                                                                sys.executable),
+                        help="interpreter with the bench extra that runs bench/peers.py "
+                             "(default: $PUSHFLOW_BENCH_PEER_PYTHON, else this one)")
     parser.add_argument("--log-dir", type=Path, default=BENCH / "results" / "logs")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each phase, wait up to this many seconds for other work "
@@ -134,7 +141,7 @@ class Bench:
 
     def peer(self, kind: str) -> Proc:
         group, port = f"bench-{kind}-{self.run_id}", free_port()
-        argv = [sys.executable, str(BENCH / "peers.py"), kind, "--bootstrap",
+        argv = [self.args.peer_python, str(BENCH / "peers.py"), kind, "--bootstrap",
                 self.settings.bootstrap_servers, "--group", group, "--web-port", str(port),
                 "--state-dir", str(self.scratch / group)]
         return Proc(kind, argv, port, self.log_dir / f"{kind}.log", tree=True)
@@ -182,7 +189,7 @@ class Bench:
 
     def run_peer(self, kind: str) -> None:
         """The counter job on another framework; a skip or a failure is its row, not the run's."""
-        reason = missing(kind)
+        reason = self.peer_check()["missing"].get(kind)
         if reason is not None:
             self.result.setdefault("peers_skipped", {})[kind] = reason
             say(f"{kind}: skipped: {reason}")
@@ -203,6 +210,12 @@ class Bench:
         figures["stop"] = proc.stopped
         self.result[kind] = figures
         say(f"{kind}: {figures}")
+
+    def peer_check(self) -> dict[str, Any]:
+        """What each peer lacks in ``--peer-python``, and the versions there (asked once)."""
+        if "peers_env" not in self.result:
+            self.result["peers_env"] = peer_check(self.args.peer_python)
+        return self.result["peers_env"]
 
     def note_load(self, phase: str) -> None:
         """Wait a little for a quiet machine; note how busy other work kept it."""
@@ -296,6 +309,18 @@ class Bench:
 def _baseline_count(proc: Proc) -> int | None:
     answer = proc.get("/count")
     return None if answer is None or answer[0] != 200 else int(orjson.loads(answer[1])["count"])
+
+
+def peer_check(python: str) -> dict[str, Any]:
+    """``python bench/peers.py --check`` in ``python``: every peer missing if that fails."""
+    try:
+        done = subprocess.run([python, str(BENCH / "peers.py"), "--check"], capture_output=True,
+                              timeout=120, check=True)
+        found: dict[str, Any] = orjson.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, orjson.JSONDecodeError) as exc:
+        why = f"{python} cannot run bench/peers.py: {str(exc).splitlines()[0]}"
+        return {"python": python, "missing": dict.fromkeys(PEERS, why), "versions": {}}
+    return {"python": python, **found}
 
 
 def _peer_counts(proc: Proc) -> dict[str, int]:
