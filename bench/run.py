@@ -407,8 +407,8 @@ def table(result: dict[str, Any]) -> str:
              "| other work on machine | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
     systems = [("noop", "Faust take(1000) doing nothing"),
                ("counter", "Faust per-event + Table counter"),
+               *((peer, PEER_NAMES[peer]) for peer in PEERS),
                ("pipeline", "pushflow worker (full pipeline)")]
-    systems += [(peer, PEER_NAMES[peer]) for peer in PEERS]
     systems += [(v, f"worker, variant `{v}`") for v in result.get("variants", {})]
     for key, name in systems:
         run = result.get(key) or result.get("variants", {}).get(key)
