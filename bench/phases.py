@@ -46,11 +46,13 @@ def preload(settings: Settings, workload: Workload, events: int, span_ms: int,
 
     producer = Producer({**producer_config(settings), "on_delivery": on_delivery})
     per_topic: dict[str, int] = {}
+    users: set[bytes] = set()  # distinct keys: what a per-user counter must end up with
     feedback = 0
     started = time.monotonic()
     for at_ms in preload_times(end_ms - span_ms, span_ms, events):
         topic, key, value = workload.next_message(at_ms)
         per_topic[topic] = per_topic.get(topic, 0) + 1
+        users.add(key)
         feedback += b'"push_' in value or b'"uninstall"' in value
         _produce(producer, settings.topic(_field(topic)), key, value)
         producer.poll(0)
@@ -58,7 +60,7 @@ def preload(settings: Settings, workload: Workload, events: int, span_ms: int,
     elapsed = time.monotonic() - started
     if left or failed:
         raise BenchError(f"preload: {left} undelivered, {len(failed)} failed: {failed[:3]}")
-    return {"messages": events, "per_topic": per_topic, "feedback": feedback,
+    return {"messages": events, "per_topic": per_topic, "users": len(users), "feedback": feedback,
             "seconds": round(elapsed, 2), "produce_per_s": round(events / elapsed)}
 
 
@@ -85,8 +87,11 @@ def consume_all(proc: Proc, count: Callable[[Proc], int | None], expected: int,
         return seen is not None and seen >= expected
 
     wait_for(done, deadline_s, f"{proc.name} to read {expected} events", poll_s=0.25)
-    t_a, c_a = next(s for s in samples if s[1] >= 0.02 * expected)
+    at_a = next(i for i, s in enumerate(samples) if s[1] >= 0.02 * expected)
+    t_a, c_a = samples[at_a]
     t_b, c_b = next(s for s in samples if s[1] >= 0.98 * expected)
+    if t_b <= t_a and at_a > 0:  # read within one poll: from the poll before
+        t_a, c_a = samples[at_a - 1]
     t_first = next(t for t, c in samples if c > 0)
     t_end = samples[-1][0]
     rate = (c_b - c_a) / (t_b - t_a) if t_b > t_a else float("nan")

@@ -69,6 +69,8 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     stopped: dict[str, float | bool] = field(default_factory=dict)
+    # Also stop the processes this one started (found before it is asked to stop).
+    tree: bool = False
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,15 @@ class Proc:
         ``stopped``: a worker killed on noida leaves its group stuck (never evicted).
         """
         popen = self.popen
+        children = descendants(popen.pid) if self.tree and popen is not None else []
+        try:
+            return self._stop(timeout)
+        finally:
+            for pid in children:
+                _stop_pid(pid)
+
+    def _stop(self, timeout: float) -> int | None:
+        popen = self.popen
         if popen is None or popen.returncode is not None:
             return None if popen is None else popen.returncode
         asked = time.monotonic()
@@ -132,6 +143,32 @@ class Proc:
             code, killed = popen.wait(10), True
         self.stopped = {"seconds": round(time.monotonic() - asked, 2), "killed": killed}
         return code
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of the processes below ``pid`` (children first), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM one PID we started (indirectly), SIGKILL it if it is still there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
 
 def _jiffies(pid: int | str) -> int:

@@ -8,13 +8,19 @@ runs, one after the other and each as a subprocess with its own app id (consumer
 3. ``pipeline``: ``python -m streams worker``, the full decision worker, then at half its
    measured maximum rate the candidate -> decision latency, then its state size (changelog)
    and its recovery time (a restart with the same app id, process start -> ``/readyz`` 200);
-4. optionally a second ``pipeline`` pass under py-spy (profiling slows the process, so the
+4. ``quix`` and ``bytewax``: the counter job (orjson parse, count per user) on Quix Streams and
+   on Bytewax (``bench/peers.py``; skipped, and said so, without the ``bench`` extra);
+5. optionally a second ``pipeline`` pass under py-spy (profiling slows the process, so the
    figures above never come from a profiled run).
 
 Example::
 
     python bench/run.py --quick                      # ~20k events, a smoke check
     python bench/run.py --out bench/results/latest.json
+    python bench/run.py --quick --peer-python /path/to/venv/bin/python   # peers elsewhere
+
+The peers run in ``--peer-python`` (this interpreter by default), so Quix Streams' own pin of
+confluent-kafka need not be the one the worker is measured with.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from peers import NAMES as PEER_NAMES
 from phases import (
     changelog_sizes,
     consume_all,
@@ -60,6 +67,7 @@ VARIANTS = {
     "wait-50ms": {"PUSHFLOW_BATCH_WAIT_S": "0.05"},  # fuller batches, more latency
     "gc-default": {"PUSHFLOW_GC_THRESHOLD": "0"},  # Python's own garbage collector thresholds
 }
+PEERS = ("quix", "bytewax")  # the counter job on other frameworks (bench/peers.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,8 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
                         help="also measure the worker with other settings (VARIANTS)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=("noop", "counter", "latency", "recovery", "profile"),
+                        choices=("noop", "counter", *PEERS, "latency", "recovery", "profile"),
                         help="leave phases out (for experiments; the full run has them all)")
+    parser.add_argument("--peer-python", default=os.environ.get("PUSHFLOW_BENCH_PEER_PYTHON",
+                                                                sys.executable),
+                        help="interpreter with the bench extra that runs bench/peers.py "
+                             "(default: $PUSHFLOW_BENCH_PEER_PYTHON, else this one)")
     parser.add_argument("--log-dir", type=Path, default=BENCH / "results" / "logs")
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each phase, wait up to this many seconds for other work "
@@ -127,6 +139,13 @@ class Bench:
                 str(self.scratch / app_id), "--partitions", str(self.args.partitions)]
         return Proc(kind, argv, port, self.log_dir / f"{kind}.log")
 
+    def peer(self, kind: str) -> Proc:
+        group, port = f"bench-{kind}-{self.run_id}", free_port()
+        argv = [self.args.peer_python, str(BENCH / "peers.py"), kind, "--bootstrap",
+                self.settings.bootstrap_servers, "--group", group, "--web-port", str(port),
+                "--state-dir", str(self.scratch / group)]
+        return Proc(kind, argv, port, self.log_dir / f"{kind}.log", tree=True)
+
     def pipeline(self, name: str, app_id: str, outputs_of: str | None = None,
                  variant: str | None = None) -> Proc:
         """``python -m streams worker``; output topics named after ``outputs_of`` (app_id)."""
@@ -167,6 +186,36 @@ class Bench:
             self.procs.stop(proc)
         self.result[kind] = figures
         say(f"{kind}: {figures}")
+
+    def run_peer(self, kind: str) -> None:
+        """The counter job on another framework; a skip or a failure is its row, not the run's."""
+        reason = self.peer_check()["missing"].get(kind)
+        if reason is not None:
+            self.result.setdefault("peers_skipped", {})[kind] = reason
+            say(f"{kind}: skipped: {reason}")
+            return
+        self.note_load(kind)
+        proc = self.procs.start(self.peer(kind))
+        try:
+            figures = consume_all(proc, _baseline_count, self.inputs, self.deadline(),
+                                  self.pids(proc))
+            figures["counted"] = _peer_counts(proc)
+            check_peer_counts(figures["counted"], self.inputs, self.result["preload"]["users"])
+        except BenchError as exc:
+            self.result[kind] = {"error": str(exc).splitlines()[0]}
+            say(f"{kind}: FAILED: {exc}")
+            return
+        finally:
+            self.procs.stop(proc, timeout=STOP_TIMEOUT_S)
+        figures["stop"] = proc.stopped
+        self.result[kind] = figures
+        say(f"{kind}: {figures}")
+
+    def peer_check(self) -> dict[str, Any]:
+        """What each peer lacks in ``--peer-python``, and the versions there (asked once)."""
+        if "peers_env" not in self.result:
+            self.result["peers_env"] = peer_check(self.args.peer_python)
+        return self.result["peers_env"]
 
     def note_load(self, phase: str) -> None:
         """Wait a little for a quiet machine; note how busy other work kept it."""
@@ -262,6 +311,45 @@ def _baseline_count(proc: Proc) -> int | None:
     return None if answer is None or answer[0] != 200 else int(orjson.loads(answer[1])["count"])
 
 
+def peer_check(python: str) -> dict[str, Any]:
+    """``python bench/peers.py --check`` in ``python``: every peer missing if that fails."""
+    try:
+        done = subprocess.run([python, str(BENCH / "peers.py"), "--check"], capture_output=True,
+                              timeout=120, check=True)
+        found: dict[str, Any] = orjson.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, orjson.JSONDecodeError) as exc:
+        why = f"{python} cannot run bench/peers.py: {str(exc).splitlines()[0]}"
+        return {"python": python, "missing": dict.fromkeys(PEERS, why), "versions": {}}
+    return {"python": python, **found}
+
+
+def _peer_counts(proc: Proc) -> dict[str, int]:
+    """The peer's final counts, once they have not moved for 2 s (a late duplicate shows)."""
+    last: list[dict[str, int]] = []
+
+    def settled() -> dict[str, int] | None:
+        answer = proc.get("/count")
+        now = orjson.loads(answer[1]) if answer and answer[0] == 200 else None
+        last.append(now)
+        return now if len(last) > 8 and all(c == now for c in last[-9:]) else None
+
+    return wait_for(settled, 30, f"{proc.name}'s counts to settle", poll_s=0.25)
+
+
+def check_peer_counts(counted: dict[str, int], events: int, users: int) -> None:
+    """BenchError unless the peer counted every event once and saw every user.
+
+    >>> check_peer_counts({"count": 10, "users": 4}, 10, 4)
+    >>> check_peer_counts({"count": 12, "users": 4}, 10, 4)
+    Traceback (most recent call last):
+    ...
+    procs.BenchError: counted 12 events of 10 (4 users of 4)
+    """
+    if counted.get("count") != events or counted.get("users") != users:
+        raise BenchError(f"counted {counted.get('count')} events of {events} "
+                         f"({counted.get('users')} users of {users})")
+
+
 def _pipeline_count(proc: Proc) -> int | None:
     total = metric_sum(proc, "pushflow_input_messages_total")
     return None if total is None else int(total)
@@ -307,8 +395,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     found = {}
     for suffix, field in (("", "events_per_s"), ("_per_cpu", "events_per_worker_cpu_s")):
         full = result["pipeline"][field]
-        for base in ("counter", "noop"):
-            if base in result and full and result[base][field]:
+        for base in ("counter", "noop", *PEERS):
+            if full and (result.get(base) or {}).get(field):
                 found[f"pipeline_over_{base}{suffix}"] = round(full / result[base][field], 3)
     return found
 
@@ -319,10 +407,16 @@ def table(result: dict[str, Any]) -> str:
              "| other work on machine | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
     systems = [("noop", "Faust take(1000) doing nothing"),
                ("counter", "Faust per-event + Table counter"),
+               *((peer, PEER_NAMES[peer]) for peer in PEERS),
                ("pipeline", "pushflow worker (full pipeline)")]
     systems += [(v, f"worker, variant `{v}`") for v in result.get("variants", {})]
     for key, name in systems:
         run = result.get(key) or result.get("variants", {}).get(key)
+        skipped = result.get("peers_skipped", {}).get(key)
+        if skipped or (run and "error" in run):
+            why = f"skipped: {skipped}" if skipped else f"failed: {run['error']}"  # type: ignore[index]
+            lines.append(f"| {name} | {why} | | | | | |")
+            continue
         if run is None:
             continue
         cpu = run["cpu"]
@@ -344,6 +438,11 @@ def _figure_row(result: dict[str, Any], name: str) -> str:
                 f"({r.get('pipeline_over_counter_per_cpu', 0):.2f}x) | >= 2x |\n"
                 f"| pipeline / do-nothing batched (per CPU-s) | {r['pipeline_over_noop']:.0%} "
                 f"({r.get('pipeline_over_noop_per_cpu', 0):.0%}) | >= 60% |")
+    if name == "peers":
+        return "\n".join(
+            f"| pipeline / {PEER_NAMES[p]} (per CPU-s) | {r[f'pipeline_over_{p}']:.2f}x "
+            f"({r.get(f'pipeline_over_{p}_per_cpu', 0):.2f}x) | |"
+            for p in PEERS if f"pipeline_over_{p}" in r)
     if name == "rate":
         return f"| pipeline events/s | {pipe['events_per_s']:,} | >= 10,000 |"
     if name == "latency" and lat:
@@ -371,7 +470,7 @@ def _figure_row(result: dict[str, Any], name: str) -> str:
     return ""
 
 
-FIGURES = ("ratios", "rate", "latency", "state", "recovery", "stop", "rss")
+FIGURES = ("ratios", "peers", "rate", "latency", "state", "recovery", "stop", "rss")
 
 
 def say(message: str) -> None:
@@ -396,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("noop", "counter"):
                 if kind not in args.skip:
                     bench.run_baseline(kind)
+            for kind in PEERS:
+                if kind not in args.skip:
+                    bench.run_peer(kind)
             bench.run_pipeline()
             for variant in args.variants:
                 bench.run_pipeline(variant)
