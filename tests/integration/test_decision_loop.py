@@ -51,9 +51,16 @@ def test_engaged_user_gets_an_intent(deployment: Deployment) -> None:
     intents = deployment.read("intents_topic", lambda r: len(r) >= 1)
     assert intents[0]["intent_id"] == intent_id_for("alice", "c-alice-1")
     assert intents[0]["user_id"] == "alice" and intents[0]["reason"] in SEND_REASONS
-    decisions = deployment.read("decisions_topic", lambda r: len(r) >= 1)
-    assert decisions[0]["decision_id"] == intents[0]["intent_id"]
-    assert decisions[0]["action"] == "send"
+    decisions = deployment.read("decisions_topic", lambda r: any(d["final"] for d in r))
+    assert {d["decision_id"] for d in decisions} == {intents[0]["intent_id"]}
+    [final] = [d for d in decisions if d["final"]]
+    assert final["action"] == "send"
+    # The two input topics are merged in event-time order within each list the worker takes
+    # (docs/policy.md); when the consumer hands the candidate over in an earlier list than
+    # alice's events, her zone is not known yet and the push is held, then released once
+    # her first event names it (policy.md, "An unknown zone is taken as quiet hours").
+    assert [(d["action"], d["reason"]) for d in decisions if not d["final"]] in (
+        [], [("hold", "quiet_hours")])
 
 
 def test_bad_input_is_dead_lettered_and_later_messages_are_decided(
