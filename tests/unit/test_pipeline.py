@@ -392,7 +392,9 @@ def test_holdout_pushes_log_the_model_scores_they_did_not_use() -> None:
 def test_a_user_holding_stored_outputs_fits_in_2_kib() -> None:
     """The largest records: pending labels with their features plus the stored outputs of
     an uncommitted input. They are deflated; a small record stays plain JSON."""
-    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo", peak=14)
+    anytime = dataclasses.replace(CONFIG, policy=dataclasses.replace(
+        CONFIG.policy, active_now_ms=0, new_user_daily_cap=0, new_user_min_gap_ms=0))
+    decider, state = HourScored(PushModel(), anytime), profiled("Asia/Tokyo", peak=14)
     quiet = state_to_bytes(state)
     assert quiet[:1] == b"{" and state_from_bytes(quiet) == state
     for n, kind in enumerate(("comment_reply", "trending", "friend_joined")):
@@ -515,11 +517,16 @@ def test_a_zoneless_candidate_for_a_user_of_unknown_zone_waits_for_the_devices_z
 
 
 def test_a_push_held_for_the_zone_goes_out_when_the_zone_named_is_in_daytime() -> None:
+    """The event naming the zone is the user in the app: the push waits for the end of their
+    activity window (``active_now_ms``), then goes out."""
     decider, state = HourScored(PushModel(), CONFIG), stranger()
     noon = utc(2026, 6, 10, 12)
     decider.on_candidate(state, candidate("c1", noon, ttl_h=12))
     out = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000, "UTC")))
-    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == noon + 60_000
+    after = noon + 60_000 + CONFIG.policy.active_now_ms
+    assert actions(out) == [] and [e["send_at_ms"] for e in state.outbox.values()] == [after]
+    out = valid(decider.on_tick(state, after))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == after
 
 
 def test_a_push_held_for_a_zone_never_named_expires_unsent() -> None:

@@ -39,7 +39,8 @@ from streams.policy import (
     unit_hash,
 )
 
-CFG = PolicyConfig(holdout_share=0.0)
+# The disable-risk cap off: GOOD's p_disable (0.01) would lower the cap to 4 in every case
+CFG = PolicyConfig(holdout_share=0.0, p_disable_cap_at=0.0)
 QUIET_CRITICAL = PolicyConfig(holdout_share=0.0, critical_in_quiet_hours=False)
 GOOD, POOR = Scores(0.5, 0.01, 3), Scores(0.01, 0.0, 3)
 ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Sydney",
@@ -66,6 +67,8 @@ def candidate(n: str = "c1", created: int = NOON, ttl: int = 6 * MS_HOUR,
 
 
 def user(tz: str = "Europe/Berlin", sends: tuple[int, ...] = (), **kw: Any) -> UserState:
+    """A user with push history (100 sends so far: not a new user) unless ``sent`` says."""
+    kw.setdefault("sent", 100)
     state = UserState("u1", tz=tz, **kw)
     state.recent_sends_ms = list(sends)
     state.last_send_ms = max(sends) if sends else None
