@@ -544,3 +544,41 @@ def test_a_critical_push_or_a_candidates_zone_needs_no_device_report() -> None:
     assert actions(out) == [("send", "critical")]
     out = decider.on_candidate(stranger(), candidate("c1", noon, tz="Europe/Berlin"))
     assert actions(out) == [("send", "above_threshold")]
+
+
+def test_a_held_push_due_while_the_user_is_in_the_app_waits_for_the_window_to_end() -> None:
+    """Released only once the user's activity window has passed; one whose window outlasts
+    it is dropped as active_now."""
+    decider, state = Decider(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin", sent=100)
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    held = valid(decider.on_candidate(state, candidate("c1", night, ttl_h=10, kind="trending")))
+    assert actions(held) == [("hold", "quiet_hours")]
+    morning = at("Europe/Berlin", 2026, 6, 11, 8)
+    opened = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", morning - 30_000,
+                                                     "Europe/Berlin")))
+    assert actions(opened) == []
+    assert actions(valid(decider.on_tick(state, morning))) == []  # in the app: it waits
+    after = morning - 30_000 + POLICY.active_now_ms
+    out = valid(decider.on_tick(state, after))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == after
+    # a push that expires before the window ends is dropped with the reason
+    held = valid(decider.on_candidate(state, candidate("c2", night + MS_DAY,
+                                                       ttl_h=9 + 1 / 60)))
+    valid(decider.on_event(state, UserEvent("e2", "u1", "app_open", morning + MS_DAY - 1_000,
+                                            "Europe/Berlin")))
+    out = valid(decider.on_tick(state, morning + MS_DAY))
+    assert actions(out) == [("suppress", "active_now")]
+
+
+def test_decision_records_say_how_much_a_score_was_demoted() -> None:
+    decider = Decider(PushModel(), DeciderConfig(policy=dataclasses.replace(
+        POLICY, quiet_start_hour=0, quiet_end_hour=0, threshold=0.0, min_gap_ms=0,
+        send_time=False)))
+    state = UserState("u1", sent=100)
+    noon = utc(2026, 6, 10, 12)
+    first = valid(decider.on_candidate(state, candidate("c1", noon, creator_id="ann")))
+    second = valid(decider.on_candidate(state, candidate("c2", noon + MS_HOUR,
+                                                         creator_id="ann")))
+    assert first.decisions[0]["demoted"] is None
+    factor = POLICY.similar_creator_factor * POLICY.similar_kind_factor
+    assert second.decisions[0]["demoted"] == pytest.approx(factor)
