@@ -114,7 +114,7 @@ class PolicyConfig:
     new_user_inactive_ms: int = 7 * 86_400_000
     new_user_daily_cap: int = 2
     new_user_min_gap_ms: int = 8 * 3_600_000
-    p_disable_cap_at: float = 0.1
+    p_disable_cap_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ class Settings:
     new_user_inactive_s: int = 7 * 24 * 3600
     new_user_daily_cap: int = 2
     new_user_min_gap_s: int = 8 * 3600
-    p_disable_cap_at: float = 0.1
+    p_disable_cap_at: float = 0.0
     # --- state lifetime
     user_ttl_s: int = 30 * 24 * 3600
     # a decided candidate id counts as decided this long (or until its expiry, if later)

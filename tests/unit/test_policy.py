@@ -516,23 +516,25 @@ def test_new_and_returning_users_get_a_gentler_cap_and_gap() -> None:
 def test_the_cap_falls_as_p_disable_rises() -> None:
     from streams.policy import disable_risk_cap
 
+    guards = dataclasses.replace(GUARDS, p_disable_cap_at=0.1)  # off by default
     three = established(sends=tuple(NOON - h * MS_HOUR for h in (5, 10, 15)))
     risky = Scores(0.5, 0.05, 3)  # cap floor(5 * (1 - 0.05 / 0.1)) = 2
-    assert disable_risk_cap(0.05, GUARDS) == 2
-    d = decide(risky, three, candidate(), NOON, GUARDS)
+    assert disable_risk_cap(0.05, guards) == 2
+    d = decide(risky, three, candidate(), NOON, guards)
     assert (d.action, d.reason, d.propensity) == ("suppress", "disable_risk_cap", 1.0)
     assert d.score == pytest.approx(0.45) and d.scores == risky
-    assert decide(Scores(0.5, 0.001, 3), three, candidate(), NOON, GUARDS).action == "send"
-    off = dataclasses.replace(GUARDS, p_disable_cap_at=0.0)
+    assert decide(Scores(0.5, 0.001, 3), three, candidate(), NOON, guards).action == "send"
+    off = dataclasses.replace(guards, p_disable_cap_at=0.0)
     assert decide(risky, three, candidate(), NOON, off).reason == "above_threshold"
-    assert disable_risk_cap(0.5, GUARDS) == 1  # never below one push a day
+    assert disable_risk_cap(0.5, guards) == 1  # never below one push a day
     one = established(sends=(NOON - 5 * MS_HOUR,))
-    assert decide(Scores(0.9, 0.5, 3), one, candidate(), NOON, GUARDS).reason == "disable_risk_cap"
+    assert decide(Scores(0.9, 0.5, 3), one, candidate(), NOON, guards).reason == "disable_risk_cap"
 
 
 def test_critical_pushes_bypass_all_four_rules() -> None:
     state = sent_before(user(sent=1, last_active_ms=NOON), (NOON - MS_HOUR, "trending", "ann"))
-    d = decide(None, state, candidate(critical=True, creator_id="ann"), NOON, GUARDS)
+    every = dataclasses.replace(GUARDS, p_disable_cap_at=0.1)
+    d = decide(None, state, candidate(critical=True, creator_id="ann"), NOON, every)
     assert (d.action, d.reason, d.demoted) == ("send", "critical", None)
 
 
