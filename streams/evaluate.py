@@ -117,7 +117,7 @@ def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
     if name == "full-volume":
         return dataclasses.replace(full, volume_target=options.volume_target)
     # the similarity demotion is a score term like the dismiss term: off where they are
-    alike = {"similar_creator_factor": 1.0, "similar_kind_factor": 1.0}
+    alike: dict[str, Any] = {"similar_creator_factor": 1.0, "similar_kind_factor": 1.0}
     if name == "oracle-sto":
         return dataclasses.replace(full, explore_share=0.0, dismiss_weight=0.0, disable_weight=0.0,
                                    **alike)
