@@ -115,6 +115,9 @@ class PolicyConfig:
     new_user_daily_cap: int = 2
     new_user_min_gap_ms: int = 8 * 3_600_000
     p_disable_cap_at: float = 0.0
+    # best of several: a send due now waits this long in the outbox, where a better candidate
+    # for the same user arriving meanwhile takes its slot (see _pooled)
+    pool_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +427,8 @@ def _by_score(
     eligible = [slot for slot in slots if slot.value >= threshold]
     best = _best(eligible, now_ms, config.send_time_min_gain)
     if best is not None:
-        return _exploit(best, now_ms, threshold, planned)
+        return _pooled(_exploit(best, now_ms, threshold, planned), state, candidate, now_ms,
+                       config)
     return _explore_or_suppress(scores, state, candidate, now_ms, config, threshold, slots)
 
 
@@ -487,6 +491,26 @@ def _exploit(best: _Slot, now_ms: int, threshold: float, planned: bool) -> Decis
         action, reason, best.value, threshold, explore=False, propensity=1.0, holdout=False,
         send_at_ms=best.at_ms, scores=best.scores, displaces=best.displaces,
     )
+
+
+def _pooled(
+    decision: Decision, state: UserState, candidate: Candidate, now_ms: int,
+    config: PolicyConfig,
+) -> Decision:
+    """The best of several: a send due now is held ``pool_ms`` (``hold`` / ``pooled``) when
+    the candidate lives past then and nothing blocks it then. While it waits it is a planned
+    send like any held push (:func:`~streams.guardrails.conflicts`): a candidate for the same
+    user worth more, arriving within the minimum gap of it, takes its slot (the held one is
+    suppressed, ``min_gap``); one worth less does not. So of the candidates that compete for
+    one slot within ``pool_ms``, the most valuable goes out, not the first above the
+    threshold. Explorations, critical and holdout pushes are never pooled."""
+    if config.pool_ms <= 0 or decision.action != SEND or decision.score is None:
+        return decision
+    at = now_ms + config.pool_ms
+    if at >= candidate.expires_at_ms or blocked_at(state, at, decision.score, config) is not None:
+        return decision
+    displaced = conflicts(state, at, decision.score, config) or ()
+    return replace(decision, action=HOLD, reason="pooled", send_at_ms=at, displaces=displaced)
 
 
 def _explore_or_suppress(

@@ -155,6 +155,7 @@ class Settings:
     similar_kind_factor: float = 0.9
     similar_window_s: int = 6 * 3600
     active_now_s: int = 120
+    pool_s: int = 0
     new_user_pushes: int = 3
     new_user_inactive_s: int = 7 * 24 * 3600
     new_user_daily_cap: int = 2
@@ -208,6 +209,7 @@ class Settings:
         self._check_range("similar_kind_factor", 0.0, 1.0)
         self._check_range("similar_window_s", 0, 24 * 3600)  # sends are kept for a day
         self._check_range("active_now_s", 0, 24 * 3600)
+        self._check_range("pool_s", 0, 24 * 3600)
         self._check_range("new_user_pushes", 0, 1_000_000)
         self._check_range("new_user_inactive_s", 0, 365 * 24 * 3600)
         self._check_range("new_user_daily_cap", 0, 1_000_000)

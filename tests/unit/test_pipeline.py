@@ -582,3 +582,71 @@ def test_decision_records_say_how_much_a_score_was_demoted() -> None:
     assert first.decisions[0]["demoted"] is None
     factor = POLICY.similar_creator_factor * POLICY.similar_kind_factor
     assert second.decisions[0]["demoted"] == pytest.approx(factor)
+
+
+# --- the best of several: a short pool per user ---------------------------------------------
+
+POOLED = dataclasses.replace(POLICY, quiet_start_hour=0, quiet_end_hour=0, send_time=False,
+                             pool_ms=10 * 60_000, similar_window_ms=0)
+
+
+def pooled() -> tuple[Decider, UserState, int]:
+    return HourScored(PushModel(), DeciderConfig(policy=POOLED)), UserState("u1", sent=100), \
+        utc(2026, 6, 10, 12)
+
+
+def test_a_send_due_now_waits_out_the_pool_then_goes() -> None:
+    decider, state, noon = pooled()
+    held = valid(decider.on_candidate(state, candidate("c1", noon)))
+    assert actions(held) == [("hold", "pooled")] and not held.intents
+    assert held.decisions[0]["send_at_ms"] == noon + POOLED.pool_ms
+    assert valid(decider.on_tick(state, noon + POOLED.pool_ms - 1)).intents == []
+    out = valid(decider.on_tick(state, noon + POOLED.pool_ms))
+    assert actions(out) == [("send", "released")]
+    assert out.intents[0]["send_at_ms"] == noon + POOLED.pool_ms
+
+
+def test_a_better_candidate_arriving_in_the_pool_goes_out_instead() -> None:
+    decider, state, noon = pooled()
+    valid(decider.on_candidate(state, candidate("c1", noon, kind="trending")))
+    better = valid(decider.on_candidate(state, candidate("c2", noon + 5 * 60_000,
+                                                         kind="comment_reply")))
+    assert actions(better) == [("suppress", "min_gap"), ("hold", "pooled")]
+    assert better.decisions[0]["candidate_id"] == "c1"
+    out = valid(decider.on_tick(state, noon + 15 * 60_000))
+    assert [i["candidate_id"] for i in out.intents] == ["c2"]
+
+
+def test_a_worse_candidate_arriving_in_the_pool_does_not() -> None:
+    decider, state, noon = pooled()
+    valid(decider.on_candidate(state, candidate("c1", noon, kind="comment_reply")))
+    worse = valid(decider.on_candidate(state, candidate("c2", noon + 5 * 60_000,
+                                                        kind="trending")))
+    assert [d["candidate_id"] for d in worse.decisions] == ["c2"]
+    assert worse.decisions[0]["action"] == "suppress"
+    out = valid(decider.on_tick(state, noon + POOLED.pool_ms))
+    assert [i["candidate_id"] for i in out.intents] == ["c1"]
+
+
+def test_each_pooled_candidate_gets_exactly_one_final_record() -> None:
+    decider, state, noon = pooled()
+    records: list[dict[str, Any]] = []
+    for n, kind in enumerate(["trending", "comment_reply", "friend_joined", "comment_reply"]):
+        records += valid(decider.on_candidate(
+            state, candidate(f"c{n}", noon + n * 60_000, kind=kind))).decisions
+    records += valid(decider.on_tick(state, noon + MS_HOUR)).decisions
+    finals = [r["candidate_id"] for r in records if r["action"] != "hold"]
+    assert sorted(finals) == ["c0", "c1", "c2", "c3"]
+
+
+def test_critical_pushes_explorations_and_short_lived_ones_are_not_pooled() -> None:
+    decider, state, noon = pooled()
+    out = valid(decider.on_candidate(state, candidate("c1", noon, kind="login_code",
+                                                      critical=True)))
+    assert actions(out) == [("send", "critical")]
+    decider, state, noon = pooled()
+    out = valid(decider.on_candidate(state, candidate("c2", noon, ttl_h=1 / 12)))  # 5 min
+    assert actions(out) == [("send", "above_threshold")]
+    off = HourScored(PushModel(), DeciderConfig(policy=dataclasses.replace(POOLED, pool_ms=0)))
+    out = valid(off.on_candidate(UserState("u1", sent=100), candidate("c3", noon)))
+    assert actions(out) == [("send", "above_threshold")]
