@@ -57,7 +57,11 @@ OBD_FLAGS: dict[str, Any] = {
     "quiet_start_hour": 0, "quiet_end_hour": 0, "holdout_share": 0.0,
     "attribution_window_s": 60,
 }
-OBD_POLICY = ("send_time=false", "dismiss_weight=0", "dedupe_content=false")
+# Open Bandit's "users" are cohorts with no activity of their own: no similarity demotion, no
+# active-now wait, no new-user or disable-risk cap (the log's sends are replayed as they are)
+OBD_POLICY = ("send_time=false", "dismiss_weight=0", "dedupe_content=false",
+              "similar_window_ms=0", "active_now_ms=0", "new_user_daily_cap=0",
+              "new_user_min_gap_ms=0", "p_disable_cap_at=0")
 # A simulated log replayed the same way, except that its feedback keeps its own timing: every
 # model is then judged on the same rows, the logged sends, not on the sends its own scores
 # chose (on those, its scores are truncated at the threshold and rank worse than a model fit
@@ -67,8 +71,10 @@ OBD_COMMAND = ("--threshold 0 --disable-weight 0 --daily-cap 1000000 --min-gap-s
                "--quiet-start-hour 0 --quiet-end-hour 0 --holdout-share 0 "
                "--attribution-window-s 60 " + " ".join(f"--policy {p}" for p in OBD_POLICY))
 
-# The recorded policy never holds (no quiet hours), so each candidate's logged action is final.
-LOGGING = DeciderConfig(policy=PolicyConfig(quiet_start_hour=0, quiet_end_hour=0, send_time=False))
+# The recorded policy never holds (no quiet hours, no wait for the end of a session), so each
+# candidate's logged action is final.
+LOGGING = DeciderConfig(policy=PolicyConfig(quiet_start_hour=0, quiet_end_hour=0, send_time=False,
+                                            active_now_ms=0))
 Record = tuple[str, bytes | None, bytes, dict[str, Any] | None]  # topic, key, raw, logging
 
 

@@ -17,8 +17,9 @@ true p_open of every send time the full policy considers, with its send-time opt
 ``full-volume`` (on request) is the full policy with its volume controller on, and
 ``inverted`` (on request) a deliberately bad one: the true p_open turned upside down at the
 full policy's volume, which must score below ``random`` for the evaluation to mean anything.
-All keep the guardrails; the holdout group is off in every policy so each is measured on
-everyone.
+All keep the guardrails (the active-now rule and the gentler cap and gap of new users among
+them); the holdout group is off in every policy so each is measured on everyone, and the
+similarity demotion, a score term, only in ``full`` and ``full-volume``.
 
 Worlds (``--world``): ``simulator`` (:class:`~streams.simulator.Population`) and ``segments``
 (:class:`~streams.world_segments.SegmentWorld`, hidden segments shaped unlike the first).
@@ -115,16 +116,20 @@ def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
         return full
     if name == "full-volume":
         return dataclasses.replace(full, volume_target=options.volume_target)
+    # the similarity demotion is a score term like the dismiss term: off where they are
+    alike: dict[str, Any] = {"similar_creator_factor": 1.0, "similar_kind_factor": 1.0}
     if name == "oracle-sto":
-        return dataclasses.replace(full, explore_share=0.0, dismiss_weight=0.0, disable_weight=0.0)
+        return dataclasses.replace(full, explore_share=0.0, dismiss_weight=0.0, disable_weight=0.0,
+                                   **alike)
     if name == "send-everything":
         return dataclasses.replace(full, holdout_share=1.0)
     if name == "fixed-threshold":
-        return dataclasses.replace(full, send_time=False, volume_target=0.0, dismiss_weight=0.0)
+        return dataclasses.replace(full, send_time=False, volume_target=0.0, dismiss_weight=0.0,
+                                   **alike)
     if name in ("random", "oracle", "inverted"):
         return dataclasses.replace(
             full, send_time=False, volume_target=0.0, dismiss_weight=0.0, disable_weight=0.0,
-            explore_share=0.0,
+            explore_share=0.0, **alike,
         )
     raise ValueError(f"unknown policy {name!r}")
 

@@ -41,6 +41,9 @@ WINDOWS = (("1h", MS_5MIN, 12), ("24h", MS_HOUR, 24), ("7d", MS_DAY, 7))
 OPEN_PRIOR = (1.0, 9.0)  # Beta prior on open rate: a 10% mean worth 10 pushes
 PROFILE_LIMIT = 2000.0  # halve an hour-of-day profile beyond this total so it keeps adapting
 RECENT_SENDS_LIMIT = 64
+# What the last sends were ([send time, kind, creator]), for the similarity demotion of the
+# policy: at most this many, none older than a day
+RECENT_SENT_LIMIT = 16
 DECIDED_LIMIT = 1024  # candidate ids remembered per user, about 25 bytes of state each
 HASH_BUCKETS = 2**18  # hashed indicators ``h=<bucket>``: the model's weights stay bounded
 BASE_PRIOR_WEIGHT = 10.0  # a user's open-rate prior, centred on the base rate, worth 10 pushes
@@ -109,6 +112,9 @@ class UserState:
     # Delivery bookkeeping of the worker (streams.redelivery), not features.
     applied: dict[str, int] = field(default_factory=dict)
     unconfirmed: list[list[Any]] = field(default_factory=list)
+    # [send time, kind, creator id or None] of the last RECENT_SENT_LIMIT sends within a day
+    # (see recent_sent_like); records written before it existed load with none
+    recent_sent: list[list[Any]] = field(default_factory=list)
 
     def advance(self, at_ms: int) -> None:
         """Move this user's event-time watermark; older input still lands in its bucket.
@@ -136,6 +142,8 @@ class UserState:
             self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
         if self.recent_content:
             self.recent_content = {c: t for c, t in self.recent_content.items() if t > day_ago}
+        if self.recent_sent:
+            self.recent_sent = [entry for entry in self.recent_sent if entry[0] > day_ago]
         if self.decided_ids:
             now_s = watermark // 1000
             self.decided_ids = {k: t for k, t in self.decided_ids.items() if t >= now_s}
@@ -244,6 +252,31 @@ def record_send(state: UserState, at_ms: int, candidate: Candidate) -> None:
     state.recent_sends_ms = [*state.recent_sends_ms, at_ms][-RECENT_SENDS_LIMIT:]
     state.last_send_ms = at_ms if state.last_send_ms is None else max(state.last_send_ms, at_ms)
     state.recent_content[candidate.content_id] = at_ms
+    entry = [at_ms, candidate.kind, candidate.creator_id]
+    state.recent_sent = [*state.recent_sent, entry][-RECENT_SENT_LIMIT:]
+
+
+def recent_sent_like(
+    state: UserState, candidate: Candidate, at_ms: int, window_ms: int
+) -> tuple[int, int]:
+    """Sends in ``(at_ms - window_ms, at_ms]`` of the same creator, and of the same kind, as
+    ``candidate`` (from ``UserState.recent_sent``: the last :data:`RECENT_SENT_LIMIT` sends
+    within a day, so a window longer than a day counts as one day).
+
+    >>> s = UserState("u1")
+    >>> record_send(s, 1_000, Candidate("c1", "u1", "live", "v1", 0, 9, creator_id="ann"))
+    >>> record_send(s, 2_000, Candidate("c2", "u1", "live", "v2", 0, 9, creator_id="bob"))
+    >>> recent_sent_like(s, Candidate("c3", "u1", "live", "v3", 0, 9, creator_id="ann"),
+    ...                  2_500, 1_000)
+    (0, 1)
+    """
+    creator, kind = candidate.creator_id, candidate.kind
+    same_creator = same_kind = 0
+    for sent_at, sent_kind, sent_creator in state.recent_sent:
+        if at_ms - window_ms < sent_at <= at_ms:
+            same_creator += creator is not None and sent_creator == creator
+            same_kind += sent_kind == kind
+    return same_creator, same_kind
 
 
 def record_open(state: UserState, label: PendingLabel, at_ms: int) -> None:

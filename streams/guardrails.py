@@ -63,13 +63,77 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def guardrail(state: UserState, now_ms: int, config: PolicyConfig) -> str | None:
-    """The first of capped / min_gap / quiet_hours that stops a send at ``now_ms``, or None."""
-    if sends_in_last_day(state, now_ms) >= config.daily_cap:
+    """The first of capped / min_gap / new_user_cap / new_user_gap / quiet_hours that stops a
+    send at ``now_ms``, or None."""
+    sent = sends_in_last_day(state, now_ms)
+    if sent >= config.daily_cap:
         return "capped"
     if state.last_send_ms is not None and now_ms - state.last_send_ms < config.min_gap_ms:
         return "min_gap"
+    gentler = new_user_limit(state, sent, now_ms, config)
+    if gentler is not None:
+        return gentler
     if in_quiet_hours(now_ms, state.tz, config.quiet_start_hour, config.quiet_end_hour):
         return "quiet_hours"
+    return None
+
+
+def new_or_returning(state: UserState, now_ms: int, config: PolicyConfig) -> bool:
+    """A user with fewer than ``new_user_pushes`` pushes so far, or whose last activity is
+    more than ``new_user_inactive_ms`` before ``now_ms`` (0 turns either test off; a user
+    with no activity at all is judged by pushes only).
+
+    >>> from streams.policy import PolicyConfig
+    >>> s = UserState("u1", last_active_ms=0)
+    >>> s.sent = 5
+    >>> cfg = PolicyConfig(new_user_pushes=3, new_user_inactive_ms=MS_DAY)
+    >>> new_or_returning(s, MS_DAY, cfg), new_or_returning(s, MS_DAY + 1, cfg)
+    (False, True)
+    """
+    if state.sent < config.new_user_pushes:
+        return True
+    inactive = config.new_user_inactive_ms
+    return inactive > 0 and state.last_active_ms is not None and (
+        now_ms - state.last_active_ms > inactive)
+
+
+def new_user_limit(
+    state: UserState, sent_24h: int, now_ms: int, config: PolicyConfig
+) -> str | None:
+    """The gentler cap and gap of a new or returning user, when one of them stops a send:
+    ``new_user_daily_cap`` pushes in 24h (0 = only ``daily_cap``) and ``new_user_min_gap_ms``
+    between pushes (0 = only ``min_gap_ms``)."""
+    cap, gap = config.new_user_daily_cap, config.new_user_min_gap_ms
+    if (cap <= 0 and gap <= 0) or not new_or_returning(state, now_ms, config):
+        return None
+    if 0 < cap <= sent_24h:
+        return "new_user_cap"
+    if gap > 0 and state.last_send_ms is not None and now_ms - state.last_send_ms < gap:
+        return "new_user_gap"
+    return None
+
+
+def active_until(state: UserState, now_ms: int, config: PolicyConfig) -> int | None:
+    """When the user's activity window ends, if they were active in the app within
+    ``active_now_ms`` of ``now_ms``; None otherwise (or with ``active_now_ms`` 0).
+
+    Activity is the user's own activity events (``UserState.last_active_ms``, event time of
+    their device), never push feedback. An activity stamped more than ``active_now_ms``
+    *after* ``now_ms`` is a device clock running ahead, not a session now: it is ignored, so
+    a skewed clock cannot hold a user's pushes for long (and it is that user's own state only).
+
+    >>> from streams.policy import PolicyConfig
+    >>> s, cfg = UserState("u1", last_active_ms=100_000), PolicyConfig(active_now_ms=120_000)
+    >>> active_until(s, 150_000, cfg), active_until(s, 220_000, cfg), active_until(s, 0, cfg)
+    (220000, None, 220000)
+    >>> active_until(UserState("u1", last_active_ms=10**9), 0, cfg) is None
+    True
+    """
+    window, last = config.active_now_ms, state.last_active_ms
+    if window <= 0 or last is None:
+        return None
+    if now_ms - window < last <= now_ms + window:
+        return last + window
     return None
 
 

@@ -5,7 +5,8 @@ A push held for the end of quiet hours or for the user's best local hour waits i
 a restart or rebalance), keyed by intent id, with the candidate and the original decision.
 When event time reaches its send time it is released, unless in the meantime it expired, the
 user disabled pushes, the same content went out, a guardrail now stops it, or a held push worth
-more is due within the minimum gap (then the better one takes the slot).
+more is due within the minimum gap (then the better one takes the slot); a user active in the
+app then has it wait for the end of their activity window (or lose it, past its expiry).
 
 >>> from streams.contracts import Candidate
 >>> from streams.features import UserState
@@ -27,7 +28,13 @@ from typing import Any
 
 from streams.contracts import Candidate
 from streams.features import MS_DAY, UserState
-from streams.guardrails import guardrail, held_priority, in_quiet_hours, quiet_hours_end
+from streams.guardrails import (
+    active_until,
+    guardrail,
+    held_priority,
+    in_quiet_hours,
+    quiet_hours_end,
+)
 from streams.policy import HOLD, Decision, PolicyConfig, Scores
 
 
@@ -111,7 +118,8 @@ def release_stop(
         if config.critical_in_quiet_hours:
             return None
         return _quiet_critical(state, candidate, now_ms, config)
-    return guardrail(state, now_ms, config) or _better_nearby(state, intent_id, now_ms, config)
+    return (guardrail(state, now_ms, config) or _better_nearby(state, intent_id, now_ms, config)
+            or ("active_now" if active_until(state, now_ms, config) is not None else None))
 
 
 def _quiet_critical(
@@ -144,6 +152,19 @@ def reschedule_after_quiet_hours(
     entry = state.outbox[intent_id]
     later = quiet_hours_end(now_ms, state.tz, config.quiet_end_hour)
     if later > entry["candidate"]["expires_at_ms"]:
+        return False
+    entry["send_at_ms"] = later
+    return True
+
+
+def reschedule_after_activity(
+    state: UserState, intent_id: str, now_ms: int, config: PolicyConfig
+) -> bool:
+    """The user is active in the app at a held push's send time: wait for their activity
+    window to end if it can (before it expires)."""
+    entry = state.outbox[intent_id]
+    later = active_until(state, now_ms, config)
+    if later is None or later > entry["candidate"]["expires_at_ms"]:
         return False
     entry["send_at_ms"] = later
     return True

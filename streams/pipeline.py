@@ -49,6 +49,7 @@ from streams.outbox import (
     held_decision,
     hold_entry,
     release_stop,
+    reschedule_after_activity,
     reschedule_after_quiet_hours,
     until_zone_known,
     wait_for_zone,
@@ -330,6 +331,10 @@ class Decider:
             state, intent_id, now, self.config.policy
         ):
             return StepOutput()
+        if stop == "active_now" and reschedule_after_activity(
+            state, intent_id, now, self.config.policy
+        ):
+            return StepOutput()
         if stop is not None:
             return self._drop(state, intent_id, stop, now)
         held = state.outbox.pop(intent_id)
@@ -384,6 +389,7 @@ def _decision_record(
         "send_at_ms": decision.send_at_ms,
         # a hold is followed by exactly one final record (released, or suppressed at release)
         "final": decision.action != HOLD,
+        "demoted": decision.demoted,
     }
 
 

@@ -34,8 +34,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from streams.contracts import Candidate
-from streams.features import UserState, sends_in_last_day, smoothed_rate, was_decided
+from streams.features import (
+    UserState,
+    recent_sent_like,
+    sends_in_last_day,
+    smoothed_rate,
+    was_decided,
+)
 from streams.guardrails import (
+    active_until,
     blocked_at,
     conflicts,
     duplicate_content,
@@ -48,8 +55,9 @@ from streams.sendtime import best_hour_slots, profile_events
 
 __all__ = [
     "HOLD", "SEND", "SUPPRESS", "Decision", "PolicyConfig", "ScoreAt", "Scores", "decide",
-    "dismiss_penalty", "effective_threshold", "guardrail", "held_priority", "in_holdout",
-    "in_quiet_hours", "quiet_hours_end", "send_score", "unit_hash",
+    "disable_risk_cap", "dismiss_penalty", "effective_threshold", "guardrail", "held_priority",
+    "in_holdout", "in_quiet_hours", "quiet_hours_end", "send_score", "similarity_factor",
+    "unit_hash",
 ]
 SEND, HOLD, SUPPRESS = "send", "hold", "suppress"
 DISMISS_PRIOR = (1.0, 4.0)  # the prior of the dismiss_rate feature (features.model_features)
@@ -96,6 +104,20 @@ class PolicyConfig:
     volume_target: float = 0.0
     volume_gain: float = 0.1
     dedupe_content: bool = True
+    # Recent-send similarity, active now, new users, disable risk (docs/policy.md): see
+    # similarity_factor, guardrails.active_until, guardrails.new_user_limit, disable_risk_cap
+    similar_creator_factor: float = 0.7
+    similar_kind_factor: float = 0.9
+    similar_window_ms: int = 6 * 3_600_000
+    active_now_ms: int = 120_000
+    new_user_pushes: int = 3
+    new_user_inactive_ms: int = 7 * 86_400_000
+    new_user_daily_cap: int = 2
+    new_user_min_gap_ms: int = 8 * 3_600_000
+    p_disable_cap_at: float = 0.0
+    # best of several: a send due now waits this long in the outbox, where a better candidate
+    # for the same user arriving meanwhile takes its slot (see _pooled)
+    pool_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +148,8 @@ class Decision:
     send_at_ms: int | None
     scores: Scores | None = None
     displaces: tuple[str, ...] = ()
+    # the similarity factor (< 1) the send score was multiplied by; None when not demoted
+    demoted: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +214,51 @@ def effective_threshold(state: UserState, now_ms: int, config: PolicyConfig) -> 
     return min(1.0, max(0.0, config.threshold + config.volume_gain * excess))
 
 
+def similarity_factor(
+    state: UserState, candidate: Candidate, at_ms: int, config: PolicyConfig
+) -> float:
+    """What a send of ``candidate`` at ``at_ms`` is worth against one unlike the user's recent
+    sends: ``similar_creator_factor`` per send of the same creator and ``similar_kind_factor``
+    per send of the same kind within ``similar_window_ms`` (1.0 when none, or with the window
+    0). The same content is a hard duplicate instead (``duplicate``).
+
+    >>> from streams.features import record_send
+    >>> s = UserState("u1")
+    >>> record_send(s, 0, Candidate("c1", "u1", "live", "v1", 0, 9, creator_id="ann"))
+    >>> c = Candidate("c2", "u1", "live", "v2", 0, 9, creator_id="ann")
+    >>> round(similarity_factor(s, c, 1_000, PolicyConfig()), 3)
+    0.63
+    """
+    if config.similar_window_ms <= 0:
+        return 1.0
+    same_creator, same_kind = recent_sent_like(state, candidate, at_ms, config.similar_window_ms)
+    return config.similar_creator_factor ** same_creator * config.similar_kind_factor ** same_kind
+
+
+def _demoted_score(
+    scores: Scores, state: UserState, candidate: Candidate, at_ms: int, config: PolicyConfig
+) -> float:
+    """The send score, multiplied by the similarity factor when positive (a factor below 1
+    must not raise a negative score)."""
+    value = send_score(scores, state, config)
+    return value * similarity_factor(state, candidate, at_ms, config) if value > 0 else value
+
+
+def disable_risk_cap(p_disable: float, config: PolicyConfig) -> int:
+    """The user's rolling-24h cap at this disable risk:
+    ``max(1, floor(daily_cap * (1 - p_disable / p_disable_cap_at)))`` (``daily_cap`` with
+    ``p_disable_cap_at`` 0).
+
+    >>> [disable_risk_cap(p, PolicyConfig(daily_cap=5, p_disable_cap_at=0.1))
+    ...  for p in (0.0, 0.01, 0.05, 0.2)]
+    [5, 4, 2, 1]
+    """
+    if config.p_disable_cap_at <= 0:
+        return config.daily_cap
+    share = 1.0 - p_disable / config.p_disable_cap_at
+    return max(1, min(config.daily_cap, math.floor(config.daily_cap * share + 1e-9)))
+
+
 def decide(
     scores: Scores | None,
     state: UserState,
@@ -210,10 +279,11 @@ def decide(
     if candidate.critical:
         return _critical(state, candidate, now_ms, holdout, config)
     if holdout:
-        return _baseline(state, candidate, now_ms, config)
+        return _not_while_active(_baseline(state, candidate, now_ms, config), state, candidate,
+                                 now_ms, config)
     if scores is None:
         raise ValueError("a non-critical, non-holdout decision needs model scores")
-    return _by_score(scores, state, candidate, now_ms, config, score_at)
+    return _scored(scores, state, candidate, now_ms, config, score_at)
 
 
 def _hard_stop(
@@ -276,6 +346,73 @@ def _first_slot(
     return later
 
 
+def _scored(
+    scores: Scores,
+    state: UserState,
+    candidate: Candidate,
+    now_ms: int,
+    config: PolicyConfig,
+    score_at: ScoreAt | None,
+) -> Decision:
+    """The scored decision with the rules around it: the disable-risk cap first, the
+    similarity demotion inside the score (``similar_recent`` when it alone turned a send into
+    a suppression, else ``demoted`` on the decision), and no push while the user is active."""
+    risky = _disable_risk_stop(scores, state, now_ms, config)
+    if risky is not None:
+        return risky
+    decision = _by_score(scores, state, candidate, now_ms, config, score_at)
+    at = now_ms if decision.send_at_ms is None else decision.send_at_ms
+    factor = similarity_factor(state, candidate, at, config)
+    if factor < 1.0:
+        decision = replace(decision, demoted=factor)
+        if decision.action == SUPPRESS and decision.reason == "below_threshold":
+            alike = replace(config, similar_creator_factor=1.0, similar_kind_factor=1.0)
+            if _by_score(scores, state, candidate, now_ms, alike, score_at).action != SUPPRESS:
+                decision = replace(decision, reason="similar_recent")
+    return _not_while_active(decision, state, candidate, now_ms, config)
+
+
+def _disable_risk_stop(
+    scores: Scores, state: UserState, now_ms: int, config: PolicyConfig
+) -> Decision | None:
+    """Suppressed as ``disable_risk_cap`` when the user's pushes in the last 24h, held ones
+    included, reach the cap their ``p_disable`` allows (:func:`disable_risk_cap`), below
+    ``daily_cap`` (once the sends reach that, the ordinary cap speaks)."""
+    cap = disable_risk_cap(scores.p_disable, config)
+    if cap >= config.daily_cap:
+        return None
+    sent = sends_in_last_day(state, now_ms)
+    held = sum(1 for entry in state.outbox.values() if not entry["candidate"].get("critical"))
+    if sent >= config.daily_cap or sent + held < cap:
+        return None
+    threshold = effective_threshold(state, now_ms, config)
+    value = send_score(scores, state, config)
+    return Decision(SUPPRESS, "disable_risk_cap", value, threshold, False, 1.0, False, None,
+                    scores)
+
+
+def _not_while_active(
+    decision: Decision, state: UserState, candidate: Candidate, now_ms: int,
+    config: PolicyConfig,
+) -> Decision:
+    """No non-critical push while the user is active in the app: one due before their
+    activity window ends (:func:`~streams.guardrails.active_until`) is held to its end if it
+    lives that long and nothing else blocks it then (``hold`` / ``active_now``), else
+    suppressed (``active_now``, deterministic)."""
+    if decision.action == SUPPRESS or decision.send_at_ms is None:
+        return decision
+    until = active_until(state, now_ms, config)
+    if until is None or decision.send_at_ms >= until:
+        return decision
+    value = -math.inf if decision.score is None else decision.score
+    if until <= candidate.expires_at_ms and blocked_at(state, until, value, config) is None:
+        displaced = conflicts(state, until, value, config) or ()
+        return replace(decision, action=HOLD, reason="active_now", send_at_ms=until,
+                       displaces=displaced)
+    return replace(decision, action=SUPPRESS, reason="active_now", explore=False,
+                   propensity=1.0, send_at_ms=None, displaces=())
+
+
 def _by_score(
     scores: Scores,
     state: UserState,
@@ -290,7 +427,8 @@ def _by_score(
     eligible = [slot for slot in slots if slot.value >= threshold]
     best = _best(eligible, now_ms, config.send_time_min_gain)
     if best is not None:
-        return _exploit(best, now_ms, threshold, planned)
+        return _pooled(_exploit(best, now_ms, threshold, planned), state, candidate, now_ms,
+                       config)
     return _explore_or_suppress(scores, state, candidate, now_ms, config, threshold, slots)
 
 
@@ -311,7 +449,7 @@ def _slots(
     score_at: ScoreAt | None,
 ) -> list[_Slot]:
     """Every feasible send time considered, with its scores; now first when feasible."""
-    now_value = send_score(scores, state, config)
+    now_value = _demoted_score(scores, state, candidate, now_ms, config)
     if score_at is None:
         at = _first_slot(state, candidate, now_ms, now_value, config)
         return [] if at is None else [_slot(state, at, scores, now_value, config)]
@@ -320,7 +458,7 @@ def _slots(
     found = []
     for at in times:
         at_scores = scores if at == now_ms else score_at(at)
-        value = send_score(at_scores, state, config)
+        value = _demoted_score(at_scores, state, candidate, at, config)
         slot = _slot(state, at, at_scores, value, config)
         if blocked_at(state, at, value, config) is None and (slot.net > 0 or not slot.displaces):
             found.append(slot)
@@ -355,6 +493,26 @@ def _exploit(best: _Slot, now_ms: int, threshold: float, planned: bool) -> Decis
     )
 
 
+def _pooled(
+    decision: Decision, state: UserState, candidate: Candidate, now_ms: int,
+    config: PolicyConfig,
+) -> Decision:
+    """The best of several: a send due now is held ``pool_ms`` (``hold`` / ``pooled``) when
+    the candidate lives past then and nothing blocks it then. While it waits it is a planned
+    send like any held push (:func:`~streams.guardrails.conflicts`): a candidate for the same
+    user worth more, arriving within the minimum gap of it, takes its slot (the held one is
+    suppressed, ``min_gap``); one worth less does not. So of the candidates that compete for
+    one slot within ``pool_ms``, the most valuable goes out, not the first above the
+    threshold. Explorations, critical and holdout pushes are never pooled."""
+    if config.pool_ms <= 0 or decision.action != SEND or decision.score is None:
+        return decision
+    at = now_ms + config.pool_ms
+    if at >= candidate.expires_at_ms or blocked_at(state, at, decision.score, config) is not None:
+        return decision
+    displaced = conflicts(state, at, decision.score, config) or ()
+    return replace(decision, action=HOLD, reason="pooled", send_at_ms=at, displaces=displaced)
+
+
 def _explore_or_suppress(
     scores: Scores,
     state: UserState,
@@ -365,7 +523,7 @@ def _explore_or_suppress(
     slots: list[_Slot],
 ) -> Decision:
     """Below the threshold everywhere: explore at the first free slot, or suppress."""
-    value = send_score(scores, state, config)
+    value = _demoted_score(scores, state, candidate, now_ms, config)
     base = Decision(SUPPRESS, "below_threshold", value, threshold, False, 1.0, False, None, scores)
     if not slots:
         return replace(base, reason=blocked_at(state, now_ms, value, config) or "min_gap")

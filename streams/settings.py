@@ -150,6 +150,17 @@ class Settings:
     volume_target: float = 0.0
     volume_gain: float = 0.1
     outbox_limit: int = 16
+    # recent-send similarity, active now, new or returning users, disable risk (docs/policy.md)
+    similar_creator_factor: float = 0.7
+    similar_kind_factor: float = 0.9
+    similar_window_s: int = 6 * 3600
+    active_now_s: int = 120
+    pool_s: int = 0
+    new_user_pushes: int = 3
+    new_user_inactive_s: int = 7 * 24 * 3600
+    new_user_daily_cap: int = 2
+    new_user_min_gap_s: int = 8 * 3600
+    p_disable_cap_at: float = 0.0
     # --- state lifetime
     user_ttl_s: int = 30 * 24 * 3600
     # a decided candidate id counts as decided this long (or until its expiry, if later)
@@ -194,6 +205,16 @@ class Settings:
         self._check_range("item_half_life_s", 1, 365 * 24 * 3600)
         self._check_range("item_ttl_s", 1, 365 * 24 * 3600)
         self._check_range("item_max_items", 1, 100_000_000)
+        self._check_range("similar_creator_factor", 0.0, 1.0)
+        self._check_range("similar_kind_factor", 0.0, 1.0)
+        self._check_range("similar_window_s", 0, 24 * 3600)  # sends are kept for a day
+        self._check_range("active_now_s", 0, 24 * 3600)
+        self._check_range("pool_s", 0, 24 * 3600)
+        self._check_range("new_user_pushes", 0, 1_000_000)
+        self._check_range("new_user_inactive_s", 0, 365 * 24 * 3600)
+        self._check_range("new_user_daily_cap", 0, 1_000_000)
+        self._check_range("new_user_min_gap_s", 0, 7 * 24 * 3600)
+        self._check_range("p_disable_cap_at", 0.0, 1.0)
         if not 0 < self.decided_horizon_s <= self.user_ttl_s:
             # an idle user's state, and the ids it remembers, is deleted after user_ttl_s
             raise ConfigError(f"decided_horizon_s must be within [1, user_ttl_s = "

@@ -15,20 +15,37 @@ from streams.evaluate import QUICK, EvalOptions, evaluate, evaluate_command, pol
 TINY = EvalOptions(users=40, days=1.5, warmup_days=0.5, jobs=1)
 
 
+SEEDS = (7, 8, 9)
+
+
 @pytest.fixture(scope="module")
 def quick() -> dict[str, Any]:
     """The --quick evaluation (400 users, 2 days learned, 2 measured), every policy, at the
-    recommended threshold. Two days are too few to learn the 2x opens per push of the default
-    run (1.97x here); that target is checked on the default run (docs/policy.md)."""
-    return evaluate(dataclasses.replace(QUICK, threshold=0.15))["policies"]
+    recommended threshold, pooled over three seeds: one seed is one draw of the simulated
+    outcomes, and over seeds 1-9 the full policy's opens per push ranged 0.83-1.12 of the
+    oracle's. Two days are too few to learn the 2x opens per push of the default run; that
+    target is checked on the default run (docs/policy.md)."""
+    runs = [evaluate(dataclasses.replace(QUICK, threshold=0.15, seed=seed))["policies"]
+            for seed in SEEDS]
+    pooled: dict[str, Any] = {}
+    for name in runs[0]:
+        rows = [run[name] for run in runs]
+        opens, pushes = sum(r["opens"] for r in rows), sum(r["pushes"] for r in rows)
+        pooled[name] = {
+            "opens": opens, "pushes": pushes, "opens_per_push": opens / pushes if pushes else 0.0,
+            "disables": sum(r["disables"] for r in rows),
+            "pushes_per_user_day": sum(r["pushes_per_user_day"] for r in rows) / len(rows),
+        }
+    for row in pooled.values():
+        row["oracle_share"] = row["opens"] / pooled["oracle"]["opens"]
+    return pooled
 
 
 def test_the_full_policy_gets_more_opens_per_push_than_sending_everything(
     quick: dict[str, Any],
 ) -> None:
-    # How much above sending everything depends on the volume the threshold gives: at the
-    # --quick volume the oracle itself gets 1.70x (full 1.71x), so the bar is the oracle's
-    # opens per push at equal volume, and a margin over sending everything
+    # How much above sending everything depends on the volume the threshold gives, so the bar
+    # is the oracle's opens per push at equal volume, and a margin over sending everything
     full, everything = quick["full"]["opens_per_push"], quick["send-everything"]["opens_per_push"]
     assert full > 1.5 * everything
     assert full >= 0.9 * quick["oracle"]["opens_per_push"]
@@ -38,9 +55,8 @@ def test_the_full_policy_gets_more_opens_per_push_than_sending_everything(
 def test_the_full_policy_gets_most_of_the_oracles_opens_at_equal_volume(
     quick: dict[str, Any],
 ) -> None:
-    # One draw of the simulated outcomes (seeded by intent id): over seeds 1-7 of --quick the
-    # share ranged 0.78-0.87, and random gets about 0.47
-    assert quick["full"]["oracle_share"] >= 0.75
+    # Over seeds 1-9 of --quick one seed's share ranged 0.82-1.09 (pooled 7-9: 0.92)
+    assert quick["full"]["oracle_share"] >= 0.85
     assert quick["full"]["opens"] > quick["random"]["opens"]
     assert quick["full"]["opens"] > quick["fixed-threshold"]["opens"]
     assert quick["oracle-sto"]["opens"] > quick["oracle"]["opens"] > quick["random"]["opens"]

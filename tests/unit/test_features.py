@@ -191,3 +191,27 @@ def test_state_records_written_before_affinity_still_load() -> None:
     del old["pending"]["i1"]["creator_id"]
     loaded = state_from_bytes(orjson.dumps(old))
     assert loaded == state and loaded.affinity == {} and loaded.pending["i1"].creator_id is None
+
+
+def test_recent_sends_round_trip_and_records_written_before_them_still_load() -> None:
+    """``recent_sent`` (kind and creator of the last sends, for the similarity demotion) goes
+    through the changelog codec; a record of the previous format loads with none, and an
+    outbox entry written before ``Decision.demoted`` loads as not demoted."""
+    from streams.contracts import Candidate
+    from streams.features import record_send
+    from streams.outbox import held_decision
+
+    state = UserState("u1")
+    observe_activity(state, T0, "UTC")
+    record_send(state, T0, Candidate("c1", "u1", "live", "v1", T0, T0 + MS_HOUR,
+                                     creator_id="ann"))
+    assert state.recent_sent == [[T0, "live", "ann"]]
+    assert state_from_bytes(state_to_bytes(state)) == state
+    old = orjson.loads(state_to_bytes(state))
+    del old["recent_sent"]
+    loaded = state_from_bytes(orjson.dumps(old))
+    assert loaded.recent_sent == [] and loaded.recent_content == state.recent_content
+    entry = {"candidate": {}, "decision": {
+        "action": "hold", "reason": "quiet_hours", "score": 0.2, "threshold": 0.1,
+        "explore": False, "propensity": 1.0, "holdout": False, "send_at_ms": T0}}
+    assert held_decision(entry).demoted is None

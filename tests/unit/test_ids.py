@@ -168,6 +168,7 @@ def test_a_remembered_id_costs_about_25_bytes_of_state() -> None:
     state.pending.clear()
     state.recent_content.clear()
     state.recent_sends_ms.clear()
+    state.recent_sent.clear()
     grown = len(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS)) - empty
     assert grown / 100 <= 26  # the 114-character ids are not stored
 

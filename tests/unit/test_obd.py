@@ -41,7 +41,8 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "obd"
 SEND_ALL = DeciderConfig(attribution_window_ms=60_000, policy=PolicyConfig(
     threshold=0.0, disable_weight=0.0, daily_cap=10**9, min_gap_ms=0, quiet_start_hour=0,
     quiet_end_hour=0, holdout_share=0.0, explore_share=0.0, dismiss_weight=0.0,
-    send_time=False, dedupe_content=False))
+    send_time=False, dedupe_content=False, similar_window_ms=0, active_now_ms=0,
+    new_user_daily_cap=0, new_user_min_gap_ms=0, p_disable_cap_at=0.0))
 
 
 def rows(policy: str) -> list[dict[str, str]]:
@@ -176,7 +177,9 @@ def test_replay_command_takes_dedupe_content_false(tmp_path: Path) -> None:
     common = [str(log), "--no-progress", "--threshold", "0", "--disable-weight", "0",
               "--daily-cap", "1000000", "--min-gap-s", "0", "--quiet-start-hour", "0",
               "--quiet-end-hour", "0", "--holdout-share", "0", "--attribution-window-s", "60",
-              "--policy", "send_time=false", "--policy", "dismiss_weight=0"]
+              "--policy", "send_time=false", "--policy", "dismiss_weight=0",
+              "--policy", "similar_window_ms=0", "--policy", "active_now_ms=0",
+              "--policy", "new_user_daily_cap=0", "--policy", "new_user_min_gap_ms=0"]
     decisions = []
     for extra in ([], ["--policy", "dedupe_content=false"]):
         result = CliRunner().invoke(replay_command, [*common, *extra, "--report-json", str(out)])

@@ -392,7 +392,9 @@ def test_holdout_pushes_log_the_model_scores_they_did_not_use() -> None:
 def test_a_user_holding_stored_outputs_fits_in_2_kib() -> None:
     """The largest records: pending labels with their features plus the stored outputs of
     an uncommitted input. They are deflated; a small record stays plain JSON."""
-    decider, state = HourScored(PushModel(), CONFIG), profiled("Asia/Tokyo", peak=14)
+    anytime = dataclasses.replace(CONFIG, policy=dataclasses.replace(
+        CONFIG.policy, active_now_ms=0, new_user_daily_cap=0, new_user_min_gap_ms=0))
+    decider, state = HourScored(PushModel(), anytime), profiled("Asia/Tokyo", peak=14)
     quiet = state_to_bytes(state)
     assert quiet[:1] == b"{" and state_from_bytes(quiet) == state
     for n, kind in enumerate(("comment_reply", "trending", "friend_joined")):
@@ -515,11 +517,16 @@ def test_a_zoneless_candidate_for_a_user_of_unknown_zone_waits_for_the_devices_z
 
 
 def test_a_push_held_for_the_zone_goes_out_when_the_zone_named_is_in_daytime() -> None:
+    """The event naming the zone is the user in the app: the push waits for the end of their
+    activity window (``active_now_ms``), then goes out."""
     decider, state = HourScored(PushModel(), CONFIG), stranger()
     noon = utc(2026, 6, 10, 12)
     decider.on_candidate(state, candidate("c1", noon, ttl_h=12))
     out = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", noon + 60_000, "UTC")))
-    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == noon + 60_000
+    after = noon + 60_000 + CONFIG.policy.active_now_ms
+    assert actions(out) == [] and [e["send_at_ms"] for e in state.outbox.values()] == [after]
+    out = valid(decider.on_tick(state, after))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == after
 
 
 def test_a_push_held_for_a_zone_never_named_expires_unsent() -> None:
@@ -536,4 +543,110 @@ def test_a_critical_push_or_a_candidates_zone_needs_no_device_report() -> None:
     out = decider.on_candidate(stranger(), candidate("k1", noon, critical=True))
     assert actions(out) == [("send", "critical")]
     out = decider.on_candidate(stranger(), candidate("c1", noon, tz="Europe/Berlin"))
+    assert actions(out) == [("send", "above_threshold")]
+
+
+def test_a_held_push_due_while_the_user_is_in_the_app_waits_for_the_window_to_end() -> None:
+    """Released only once the user's activity window has passed; one whose window outlasts
+    it is dropped as active_now."""
+    decider, state = Decider(PushModel(), CONFIG), UserState("u1", tz="Europe/Berlin", sent=100)
+    night = at("Europe/Berlin", 2026, 6, 10, 23)
+    held = valid(decider.on_candidate(state, candidate("c1", night, ttl_h=10, kind="trending")))
+    assert actions(held) == [("hold", "quiet_hours")]
+    morning = at("Europe/Berlin", 2026, 6, 11, 8)
+    opened = valid(decider.on_event(state, UserEvent("e1", "u1", "app_open", morning - 30_000,
+                                                     "Europe/Berlin")))
+    assert actions(opened) == []
+    assert actions(valid(decider.on_tick(state, morning))) == []  # in the app: it waits
+    after = morning - 30_000 + POLICY.active_now_ms
+    out = valid(decider.on_tick(state, after))
+    assert actions(out) == [("send", "released")] and out.intents[0]["send_at_ms"] == after
+    # a push that expires before the window ends is dropped with the reason
+    held = valid(decider.on_candidate(state, candidate("c2", night + MS_DAY,
+                                                       ttl_h=9 + 1 / 60)))
+    valid(decider.on_event(state, UserEvent("e2", "u1", "app_open", morning + MS_DAY - 1_000,
+                                            "Europe/Berlin")))
+    out = valid(decider.on_tick(state, morning + MS_DAY))
+    assert actions(out) == [("suppress", "active_now")]
+
+
+def test_decision_records_say_how_much_a_score_was_demoted() -> None:
+    decider = Decider(PushModel(), DeciderConfig(policy=dataclasses.replace(
+        POLICY, quiet_start_hour=0, quiet_end_hour=0, threshold=0.0, min_gap_ms=0,
+        send_time=False)))
+    state = UserState("u1", sent=100)
+    noon = utc(2026, 6, 10, 12)
+    first = valid(decider.on_candidate(state, candidate("c1", noon, creator_id="ann")))
+    second = valid(decider.on_candidate(state, candidate("c2", noon + MS_HOUR,
+                                                         creator_id="ann")))
+    assert first.decisions[0]["demoted"] is None
+    factor = POLICY.similar_creator_factor * POLICY.similar_kind_factor
+    assert second.decisions[0]["demoted"] == pytest.approx(factor)
+
+
+# --- the best of several: a short pool per user ---------------------------------------------
+
+POOLED = dataclasses.replace(POLICY, quiet_start_hour=0, quiet_end_hour=0, send_time=False,
+                             pool_ms=10 * 60_000, similar_window_ms=0)
+
+
+def pooled() -> tuple[Decider, UserState, int]:
+    return HourScored(PushModel(), DeciderConfig(policy=POOLED)), UserState("u1", sent=100), \
+        utc(2026, 6, 10, 12)
+
+
+def test_a_send_due_now_waits_out_the_pool_then_goes() -> None:
+    decider, state, noon = pooled()
+    held = valid(decider.on_candidate(state, candidate("c1", noon)))
+    assert actions(held) == [("hold", "pooled")] and not held.intents
+    assert held.decisions[0]["send_at_ms"] == noon + POOLED.pool_ms
+    assert valid(decider.on_tick(state, noon + POOLED.pool_ms - 1)).intents == []
+    out = valid(decider.on_tick(state, noon + POOLED.pool_ms))
+    assert actions(out) == [("send", "released")]
+    assert out.intents[0]["send_at_ms"] == noon + POOLED.pool_ms
+
+
+def test_a_better_candidate_arriving_in_the_pool_goes_out_instead() -> None:
+    decider, state, noon = pooled()
+    valid(decider.on_candidate(state, candidate("c1", noon, kind="trending")))
+    better = valid(decider.on_candidate(state, candidate("c2", noon + 5 * 60_000,
+                                                         kind="comment_reply")))
+    assert actions(better) == [("suppress", "min_gap"), ("hold", "pooled")]
+    assert better.decisions[0]["candidate_id"] == "c1"
+    out = valid(decider.on_tick(state, noon + 15 * 60_000))
+    assert [i["candidate_id"] for i in out.intents] == ["c2"]
+
+
+def test_a_worse_candidate_arriving_in_the_pool_does_not() -> None:
+    decider, state, noon = pooled()
+    valid(decider.on_candidate(state, candidate("c1", noon, kind="comment_reply")))
+    worse = valid(decider.on_candidate(state, candidate("c2", noon + 5 * 60_000,
+                                                        kind="trending")))
+    assert [d["candidate_id"] for d in worse.decisions] == ["c2"]
+    assert worse.decisions[0]["action"] == "suppress"
+    out = valid(decider.on_tick(state, noon + POOLED.pool_ms))
+    assert [i["candidate_id"] for i in out.intents] == ["c1"]
+
+
+def test_each_pooled_candidate_gets_exactly_one_final_record() -> None:
+    decider, state, noon = pooled()
+    records: list[dict[str, Any]] = []
+    for n, kind in enumerate(["trending", "comment_reply", "friend_joined", "comment_reply"]):
+        records += valid(decider.on_candidate(
+            state, candidate(f"c{n}", noon + n * 60_000, kind=kind))).decisions
+    records += valid(decider.on_tick(state, noon + MS_HOUR)).decisions
+    finals = [r["candidate_id"] for r in records if r["action"] != "hold"]
+    assert sorted(finals) == ["c0", "c1", "c2", "c3"]
+
+
+def test_critical_pushes_explorations_and_short_lived_ones_are_not_pooled() -> None:
+    decider, state, noon = pooled()
+    out = valid(decider.on_candidate(state, candidate("c1", noon, kind="login_code",
+                                                      critical=True)))
+    assert actions(out) == [("send", "critical")]
+    decider, state, noon = pooled()
+    out = valid(decider.on_candidate(state, candidate("c2", noon, ttl_h=1 / 12)))  # 5 min
+    assert actions(out) == [("send", "above_threshold")]
+    off = HourScored(PushModel(), DeciderConfig(policy=dataclasses.replace(POOLED, pool_ms=0)))
+    out = valid(off.on_candidate(UserState("u1", sent=100), candidate("c3", noon)))
     assert actions(out) == [("send", "above_threshold")]

@@ -39,7 +39,8 @@ from streams.policy import (
     unit_hash,
 )
 
-CFG = PolicyConfig(holdout_share=0.0)
+# The disable-risk cap off: GOOD's p_disable (0.01) would lower the cap to 4 in every case
+CFG = PolicyConfig(holdout_share=0.0, p_disable_cap_at=0.0)
 QUIET_CRITICAL = PolicyConfig(holdout_share=0.0, critical_in_quiet_hours=False)
 GOOD, POOR = Scores(0.5, 0.01, 3), Scores(0.01, 0.0, 3)
 ZONES = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Sydney",
@@ -66,6 +67,8 @@ def candidate(n: str = "c1", created: int = NOON, ttl: int = 6 * MS_HOUR,
 
 
 def user(tz: str = "Europe/Berlin", sends: tuple[int, ...] = (), **kw: Any) -> UserState:
+    """A user with push history (100 sends so far: not a new user) unless ``sent`` says."""
+    kw.setdefault("sent", 100)
     state = UserState("u1", tz=tz, **kw)
     state.recent_sends_ms = list(sends)
     state.last_send_ms = max(sends) if sends else None
@@ -397,3 +400,154 @@ def test_a_quiet_window_inside_one_day_and_an_empty_one() -> None:
 def test_nothing_here_is_nan() -> None:
     decision = decide(GOOD, user(), candidate(), NOON, CFG)
     assert decision.score is not None and not math.isnan(decision.score)
+
+
+# --- recent-send similarity, active now, new users, disable risk ---------------------------
+
+GUARDS = PolicyConfig(holdout_share=0.0)  # the defaults of all four rules
+
+
+def sent_before(state: UserState, *sends: tuple[int, str, str | None]) -> UserState:
+    """``state`` after pushes ``(at_ms, kind, creator)``, through the real bookkeeping."""
+    from streams.features import record_send
+
+    for n, (at_ms, kind, creator) in enumerate(sends):
+        record_send(state, at_ms, Candidate(f"old{n}", "u1", kind, f"old-v{n}", at_ms,
+                                            at_ms + MS_HOUR, creator_id=creator))
+    return state
+
+
+def established(**kw: Any) -> UserState:
+    return user(last_active_ms=NOON - MS_DAY, **kw)
+
+
+def test_a_candidate_like_a_recent_send_is_demoted_and_says_so() -> None:
+    state = sent_before(established(), (NOON - 5 * MS_HOUR, "trending", "ann"))
+    fresh = decide(Scores(0.5, 0.0, 3), state, candidate("c1", creator_id="bob"), NOON, GUARDS)
+    like = decide(Scores(0.5, 0.0, 3), state, candidate("c2", creator_id="ann"), NOON, GUARDS)
+    assert fresh.score == pytest.approx(0.5 * GUARDS.similar_kind_factor)  # same kind only
+    assert fresh.demoted == pytest.approx(GUARDS.similar_kind_factor)
+    factor = GUARDS.similar_creator_factor * GUARDS.similar_kind_factor
+    assert (like.action, like.reason) == ("send", "above_threshold")
+    assert like.demoted == pytest.approx(factor) and like.score == pytest.approx(0.5 * factor)
+    # just above the threshold: the demotion alone turns the send into a suppression
+    marginal = Scores(GUARDS.threshold / factor * 0.99, 0.0, 3)
+    cid = draw_id(False)
+    stopped = decide(marginal, state, candidate(cid, creator_id="ann"), NOON, GUARDS)
+    assert (stopped.action, stopped.reason) == ("suppress", "similar_recent")
+    assert stopped.propensity == pytest.approx(1 - GUARDS.explore_share)
+    clear = dataclasses.replace(GUARDS, similar_window_ms=0)
+    assert decide(marginal, state, candidate(cid, creator_id="ann"), NOON, clear).action == "send"
+    # outside the window, or with the factors at 1, nothing is demoted
+    assert decide(marginal, state, candidate(cid, creator_id="ann"), NOON + MS_HOUR,
+                  GUARDS).demoted is None
+    ones = dataclasses.replace(GUARDS, similar_creator_factor=1.0, similar_kind_factor=1.0)
+    assert decide(marginal, state, candidate(cid, creator_id="ann"), NOON, ones).demoted is None
+
+
+def test_each_recent_send_alike_multiplies_the_factor_again() -> None:
+    state = sent_before(established(), (NOON - 5 * MS_HOUR, "live", "ann"),
+                        (NOON - 2 * MS_HOUR, "live", "ann"))
+    d = decide(Scores(0.5, 0.0, 3), state, candidate("c1", kind="live", creator_id="ann"),
+               NOON, dataclasses.replace(GUARDS, min_gap_ms=0))
+    assert d.demoted == pytest.approx((GUARDS.similar_creator_factor
+                                       * GUARDS.similar_kind_factor) ** 2)
+
+
+def test_a_user_in_the_app_gets_the_push_when_their_activity_window_ends() -> None:
+    state = established()
+    state.last_active_ms = NOON - 30_000
+    d = decide(GOOD, state, candidate(), NOON, GUARDS)
+    assert (d.action, d.reason, d.send_at_ms) == ("hold", "active_now",
+                                                  NOON - 30_000 + GUARDS.active_now_ms)
+    assert d.propensity == 1.0 and not d.explore
+    short = decide(GOOD, state, candidate(ttl=60_000), NOON, GUARDS)  # expires first
+    assert (short.action, short.reason, short.propensity) == ("suppress", "active_now", 1.0)
+    off = dataclasses.replace(GUARDS, active_now_ms=0)
+    assert decide(GOOD, state, candidate(), NOON, off).reason == "above_threshold"
+    state.last_active_ms = NOON - GUARDS.active_now_ms  # the window has passed
+    assert decide(GOOD, state, candidate(), NOON, GUARDS).reason == "above_threshold"
+
+
+def test_activity_stamped_far_ahead_is_a_skewed_clock_not_a_session() -> None:
+    state = established()
+    state.last_active_ms = NOON + 3 * MS_HOUR  # the device's clock runs hours ahead
+    assert decide(GOOD, state, candidate(), NOON, GUARDS).reason == "above_threshold"
+    state.last_active_ms = NOON + 60_000  # a minute ahead: in the app now
+    assert decide(GOOD, state, candidate(), NOON, GUARDS).reason == "active_now"
+
+
+def test_an_exploration_waits_for_the_activity_window_too() -> None:
+    state = established()
+    state.last_active_ms = NOON
+    d = decide(POOR, state, candidate(draw_id(True)), NOON, GUARDS)
+    assert (d.action, d.reason, d.explore) == ("hold", "active_now", True)
+    assert d.propensity == pytest.approx(GUARDS.explore_share)
+
+
+def test_a_holdout_user_in_the_app_waits_as_well() -> None:
+    uid = holdout_user(True)
+    state = UserState(uid, tz="Europe/Berlin", sent=100, last_active_ms=NOON)
+    cand = dataclasses.replace(candidate(), user_id=uid)
+    d = decide(None, state, cand, NOON, dataclasses.replace(GUARDS, holdout_share=0.05))
+    assert (d.action, d.reason, d.holdout) == ("hold", "active_now", True)
+
+
+def test_new_and_returning_users_get_a_gentler_cap_and_gap() -> None:
+    new = user(sent=1, sends=(NOON - 5 * MS_HOUR,), last_active_ms=NOON - MS_DAY)
+    assert decide(GOOD, new, candidate(), NOON, GUARDS).reason == "new_user_gap"
+    capped = user(sent=2, sends=(NOON - 20 * MS_HOUR, NOON - 10 * MS_HOUR),
+                  last_active_ms=NOON - MS_DAY)
+    assert decide(GOOD, capped, candidate(), NOON, GUARDS).reason == "new_user_cap"
+    back = user(sends=(NOON - 5 * MS_HOUR,), last_active_ms=NOON - 8 * MS_DAY)
+    assert decide(GOOD, back, candidate(), NOON, GUARDS).reason == "new_user_gap"
+    staying = user(sends=(NOON - 5 * MS_HOUR,), last_active_ms=NOON - 6 * MS_DAY)
+    assert decide(GOOD, staying, candidate(), NOON, GUARDS).reason == "above_threshold"
+    off = dataclasses.replace(GUARDS, new_user_daily_cap=0, new_user_min_gap_ms=0)
+    assert decide(GOOD, new, candidate(), NOON, off).reason == "above_threshold"
+    assert decide(GOOD, capped, candidate(), NOON, off).reason == "above_threshold"
+    nobody = dataclasses.replace(GUARDS, new_user_pushes=0, new_user_inactive_ms=0)
+    assert decide(GOOD, back, candidate(), NOON, nobody).reason == "above_threshold"
+    # the ordinary gap speaks first when it is what blocks
+    assert decide(GOOD, user(sent=1, sends=(NOON - MS_HOUR,)), candidate(), NOON,
+                  GUARDS).reason == "min_gap"
+
+
+def test_the_cap_falls_as_p_disable_rises() -> None:
+    from streams.policy import disable_risk_cap
+
+    guards = dataclasses.replace(GUARDS, p_disable_cap_at=0.1)  # off by default
+    three = established(sends=tuple(NOON - h * MS_HOUR for h in (5, 10, 15)))
+    risky = Scores(0.5, 0.05, 3)  # cap floor(5 * (1 - 0.05 / 0.1)) = 2
+    assert disable_risk_cap(0.05, guards) == 2
+    d = decide(risky, three, candidate(), NOON, guards)
+    assert (d.action, d.reason, d.propensity) == ("suppress", "disable_risk_cap", 1.0)
+    assert d.score == pytest.approx(0.45) and d.scores == risky
+    assert decide(Scores(0.5, 0.001, 3), three, candidate(), NOON, guards).action == "send"
+    off = dataclasses.replace(guards, p_disable_cap_at=0.0)
+    assert decide(risky, three, candidate(), NOON, off).reason == "above_threshold"
+    assert disable_risk_cap(0.5, guards) == 1  # never below one push a day
+    one = established(sends=(NOON - 5 * MS_HOUR,))
+    assert decide(Scores(0.9, 0.5, 3), one, candidate(), NOON, guards).reason == "disable_risk_cap"
+
+
+def test_critical_pushes_bypass_all_four_rules() -> None:
+    state = sent_before(user(sent=1, last_active_ms=NOON), (NOON - MS_HOUR, "trending", "ann"))
+    every = dataclasses.replace(GUARDS, p_disable_cap_at=0.1)
+    d = decide(None, state, candidate(critical=True, creator_id="ann"), NOON, every)
+    assert (d.action, d.reason, d.demoted) == ("send", "critical", None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * MS_DAY), st.sampled_from(["a", "b", "c"]),
+                          st.sampled_from(["x", "y", None])), max_size=60))
+def test_the_record_of_recent_sends_stays_bounded(sends: list[tuple[int, str, Any]]) -> None:
+    from streams.features import RECENT_SENT_LIMIT, state_from_bytes
+
+    state = UserState("u1")
+    for at_ms, kind, creator in sorted(sends, key=lambda send: send[0]):
+        state.advance(at_ms)
+        sent_before(state, (at_ms, kind, creator))
+        assert len(state.recent_sent) <= RECENT_SENT_LIMIT
+    assert all(t > state.watermark_ms - MS_DAY - 5 * 60_000 for t, _, _ in state.recent_sent)
+    assert state_from_bytes(state_to_bytes(state)) == state
