@@ -199,15 +199,8 @@ def restore(
     for name in names:
         if name == champion:
             continue
-        state = (stored or {}).get(name)
-        if state is not None:
-            try:
-                models[name] = PushModel.from_state(state)
-                continue
-            except (SnapshotError, TypeError, ValueError) as exc:
-                log.warning("challenger %s: its stored state is not usable (%s); it starts cold",
-                            name, exc)
-        models[name] = parse_spec(name).build(defaults)
+        learned = _learned(stored, name, "challenger", "; it starts cold")
+        models[name] = learned if learned is not None else parse_spec(name).build(defaults)
     return Shadows(champion, models, window)
 
 
@@ -225,18 +218,28 @@ def promoted(
     """
     if serving_name is None or serving_name == champion:
         return serving.clone(), champion, None
-    state = (stored or {}).get(champion)
-    if state is not None:
-        try:
-            model = PushModel.from_state(state)
-        except (SnapshotError, TypeError, ValueError) as exc:
-            log.warning("model %s: its stored state is not usable (%s)", champion, exc)
-        else:
-            model.version = max(model.version, serving.version) + 1
-            log.info("model %s promoted over %s (version %d)", champion, serving_name,
-                     model.version)
-            return model, champion, serving_name
+    model = _learned(stored, champion, "model")
+    if model is not None:
+        model.version = max(model.version, serving.version) + 1
+        log.info("model %s promoted over %s (version %d)", champion, serving_name,
+                 model.version)
+        return model, champion, serving_name
     log.warning("model %s was not among the challengers of the newest snapshot (champion %s): "
                 "training goes on with %s; shadow it first (PUSHFLOW_CHALLENGERS)", champion,
                 serving_name, serving_name)
     return serving.clone(), serving_name, None
+
+
+def _learned(
+    stored: Mapping[str, Any] | None, name: str, what: str, then: str = ""
+) -> PushModel | None:
+    """The model ``name`` learned, from its state in ``stored`` (a snapshot's
+    ``challengers``); None when it is not there or not usable (logged)."""
+    state = (stored or {}).get(name)
+    if state is None:
+        return None
+    try:
+        return PushModel.from_state(state)
+    except (SnapshotError, TypeError, ValueError) as exc:
+        log.warning("%s %s: its stored state is not usable (%s)%s", what, name, exc, then)
+        return None

@@ -404,11 +404,10 @@ def _not_while_active(
     until = active_until(state, now_ms, config)
     if until is None or decision.send_at_ms >= until:
         return decision
-    value = -math.inf if decision.score is None else decision.score
-    if until <= candidate.expires_at_ms and blocked_at(state, until, value, config) is None:
-        displaced = conflicts(state, until, value, config) or ()
-        return replace(decision, action=HOLD, reason="active_now", send_at_ms=until,
-                       displaces=displaced)
+    held = None if until > candidate.expires_at_ms else _held_at(
+        decision, state, until, "active_now", config)
+    if held is not None:
+        return held
     return replace(decision, action=SUPPRESS, reason="active_now", explore=False,
                    propensity=1.0, send_at_ms=None, displaces=())
 
@@ -507,10 +506,21 @@ def _pooled(
     if config.pool_ms <= 0 or decision.action != SEND or decision.score is None:
         return decision
     at = now_ms + config.pool_ms
-    if at >= candidate.expires_at_ms or blocked_at(state, at, decision.score, config) is not None:
+    if at >= candidate.expires_at_ms:
         return decision
-    displaced = conflicts(state, at, decision.score, config) or ()
-    return replace(decision, action=HOLD, reason="pooled", send_at_ms=at, displaces=displaced)
+    return _held_at(decision, state, at, "pooled", config) or decision
+
+
+def _held_at(
+    decision: Decision, state: UserState, at_ms: int, reason: str, config: PolicyConfig
+) -> Decision | None:
+    """``decision`` held to ``at_ms`` with ``reason``, taking the slot of the held pushes it
+    is worth more than; None when a guardrail or a better held push blocks it then."""
+    value = -math.inf if decision.score is None else decision.score
+    if blocked_at(state, at_ms, value, config) is not None:
+        return None
+    displaced = conflicts(state, at_ms, value, config) or ()
+    return replace(decision, action=HOLD, reason=reason, send_at_ms=at_ms, displaces=displaced)
 
 
 def _explore_or_suppress(
