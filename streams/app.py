@@ -850,9 +850,11 @@ class PushflowWorker:
         table.apply_changelog_batch = apply_changelog_batch
 
     def _rewrite_outdated(self) -> None:
-        """Write again the states whose changelog records were older than them."""
+        """Write again the states whose changelog records were older than them (of the
+        partitions this worker owns: a standby copy is the owner's to write)."""
+        owned = self._active_partitions()
         kept = {key: state for key, state in self.outdated.items()
-                if self.table.data.get(key) is state}
+                if self.table.data.get(key) is state and state.partition in owned}
         self.outdated.clear()
         if kept:
             self.batch.states.update(kept)

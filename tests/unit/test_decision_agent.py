@@ -251,6 +251,7 @@ def test_a_changelog_older_than_the_live_state_does_not_take_it_back(worker: Any
     assert worker.table.data[b"u1"] is live
     assert worker.table.data[b"u2"] is newer_u2
     assert worker.table.data[b"u3"].applied == {"events": 1}
+    worker.owned_inputs = {TP(worker.settings.topic("user_events_topic"), 1)}
     worker._rebuild_due_index()
     assert worker.batch.states == {b"u1": live}
     assert worker.metrics.outdated_states._value.get() == 1
@@ -265,4 +266,13 @@ def test_an_older_record_followed_by_the_live_one_is_nothing_to_write_again(work
                                         changelog_event(b"u1", same)])
     assert worker.table.data[b"u1"] is same
     worker._rebuild_due_index()
+    assert worker.batch.states == {}
+
+
+def test_a_standby_copy_is_kept_but_not_written_again(worker: Any) -> None:
+    live = state_at("u1", events=9)
+    worker.table.data[b"u1"] = live
+    worker.table.apply_changelog_batch([changelog_event(b"u1", state_at("u1", events=5))])
+    assert worker.table.data[b"u1"] is live
+    worker._rebuild_due_index()  # partition 1 is not this worker's
     assert worker.batch.states == {}
