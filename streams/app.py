@@ -40,12 +40,20 @@ from streams.contracts import (
 from streams.coordination import keep_member_id_on_illegal_generation, retry_failed_commits
 from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.fetch_backoff import back_off_empty_fetches
 from streams.item_service import ItemCounter, item_page
 from streams.item_stats import ItemStatsTable
 from streams.metrics import Metrics
 from streams.pipeline import Decider, StepOutput
 from streams.producer import OutputProducer, Record
-from streams.redelivery import Output, already_applied, forget_committed, remember, stored
+from streams.redelivery import (
+    Output,
+    already_applied,
+    applied_beyond,
+    forget_committed,
+    remember,
+    stored,
+)
 from streams.settings import Settings
 from streams.snapshot_format import MAX_SNAPSHOT_BYTES
 from streams.snapshots import ModelHolder
@@ -257,6 +265,8 @@ class PushflowWorker:
         # Per input partition, the offset after the last input this process counted: kept
         # across revocations, so an input handed over again is counted once (_apply).
         self.counted_to: dict[tuple[str, int], int] = {}
+        # Keys whose changelog record was older than the live state, during a recovery
+        self.outdated: dict[bytes, UserState] = {}
         # Inputs applied since the metrics were last updated, by (topic, reason ignored).
         self.counted: Counter[tuple[str, str | None]] = Counter()
         self.dead_letter_codes: Counter[str] = Counter()
@@ -279,6 +289,7 @@ class PushflowWorker:
         self.decider = Decider(lambda: self.models.serving, decider_config(settings),
                                self.item_stats)
         keep_member_id_on_illegal_generation()
+        back_off_empty_fetches()
         retry_failed_commits()
         self.app = self._build_app()
         self._wire()
@@ -360,6 +371,7 @@ class PushflowWorker:
             "user-state", partitions=s.partitions, key_type=bytes, value_type=UserStateValue
         )
         self.changelog = self.table.changelog_topic.get_topic_name()
+        self._guard_recovery(self.table)
         self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
         self.app.task(self._write_loop)
         self._install_commit_barrier()
@@ -815,8 +827,45 @@ class PushflowWorker:
                 self.output.produce(self.topic_names["ticks_topic"], None, tick, partition)
         self.output.poll()
 
+    def _guard_recovery(self, table: Any) -> None:
+        """Faust rebuilds an in-memory table from its whole changelog after every rebalance,
+        over the states it holds; a broker that lost acknowledged writes (noida-db after a
+        restart) would take a user back to an older state, whose inputs since are decided
+        again, differently. A record older than the live state (``applied_beyond``) is not
+        restored over it; the live state is written again once recovery is done."""
+        faust_apply = table.apply_changelog_batch
+
+        def apply_changelog_batch(batch: Any) -> None:
+            data, kept = table.data, []
+            for event in batch:
+                live, record = data.get(event.key), event.value
+                if isinstance(live, UserState) and isinstance(record, UserState) \
+                        and applied_beyond(live, record):
+                    self.outdated[event.key] = live
+                    continue
+                self.outdated.pop(event.key, None)
+                kept.append(event)
+            faust_apply(kept)
+
+        table.apply_changelog_batch = apply_changelog_batch
+
+    def _rewrite_outdated(self) -> None:
+        """Write again the states whose changelog records were older than them (of the
+        partitions this worker owns: a standby copy is the owner's to write)."""
+        owned = self._active_partitions()
+        kept = {key: state for key, state in self.outdated.items()
+                if self.table.data.get(key) is state and state.partition in owned}
+        self.outdated.clear()
+        if kept:
+            self.batch.states.update(kept)
+            self.metrics.outdated_states.inc(len(kept))
+            log.warning("%d user states in the changelog were older than the ones this worker "
+                        "holds (the broker lost acknowledged writes): kept and written again",
+                        len(kept))
+
     def _rebuild_due_index(self) -> None:
         """Users with pending labels or held pushes, from the (recovered) state table."""
+        self._rewrite_outdated()
         self.due.clear()
         for key, state in self.table.data.items():
             self._track(state.partition, key, state)

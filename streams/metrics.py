@@ -180,6 +180,12 @@ class Metrics:
             "Outputs emitted again, byte for byte, for inputs re-read after a crash.",
             registry=registry,
         )
+        self.outdated_states = Counter(
+            "pushflow_outdated_state_records",
+            "Changelog records older than the state this worker holds, not restored over it "
+            "(the broker lost acknowledged writes); the state is written again.",
+            registry=registry,
+        )
         self.learned_duplicates = Counter(
             "pushflow_model_duplicate_examples",
             "Re-emitted training examples the trainer skipped (already learned).",

@@ -56,3 +56,20 @@ def forget_committed(state: UserState, committed: Mapping[str, int]) -> None:
         state.unconfirmed = [
             entry for entry in state.unconfirmed if entry[1] >= committed.get(entry[0], 0)
         ]
+
+
+def applied_beyond(live: UserState, record: UserState) -> bool:
+    """Whether ``live`` is a later state of the same user than ``record``: it has applied
+    every input ``record`` had, and more. One user's inputs sit in one partition of each input
+    topic, so the offsets of ``applied`` only grow as the state moves on; a state record that
+    lags the live one on every topic is an older version of it (a changelog that lost the
+    newer records), one that is ahead on any topic was written later (by another worker).
+
+    >>> old, new = UserState("u1"), UserState("u1")
+    >>> old.applied, new.applied = {"events": 4}, {"events": 6, "ticks": 2}
+    >>> applied_beyond(new, old), applied_beyond(old, new), applied_beyond(new, new)
+    (True, False, False)
+    """
+    if live.applied == record.applied:
+        return False
+    return all(live.applied.get(kind, -1) >= offset for kind, offset in record.applied.items())

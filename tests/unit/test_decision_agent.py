@@ -219,3 +219,60 @@ def test_inputs_read_again_after_a_revocation_are_counted_once(worker: Any) -> N
     for kind, offset, value in the_inputs(worker):  # assigned again: from the committed offset
         hand_over(worker, kind, offset, value)
     assert input_counts(worker) == once
+
+
+def changelog_event(key: bytes, state: Any) -> Any:
+    return SimpleNamespace(key=key, value=state, message=SimpleNamespace(partition=1, value=b"x"))
+
+
+def state_at(user: str, **applied: int) -> Any:
+    from streams.features import UserState
+
+    state = UserState(user, partition=1)
+    state.applied = dict(applied)
+    return state
+
+
+def test_a_changelog_older_than_the_live_state_does_not_take_it_back(worker: Any) -> None:
+    """After a rebalance Faust replays the whole changelog over the in-memory table: a record
+    a broker lost would leave an older one last, which must not replace what this worker
+    holds; it is written again once recovery is done. Newer records (another worker's) and
+    new users are restored as Faust would."""
+    live = state_at("u1", events=9, ticks=3)
+    worker.table.data[b"u1"] = live
+    worker.table.data[b"u2"] = state_at("u2", events=4)
+    newer_u2 = state_at("u2", events=4, candidates=1)
+    worker.table.apply_changelog_batch([
+        changelog_event(b"u1", state_at("u1", events=5)),
+        changelog_event(b"u1", state_at("u1", events=9, ticks=2)),
+        changelog_event(b"u2", newer_u2),
+        changelog_event(b"u3", state_at("u3", events=1)),
+    ])
+    assert worker.table.data[b"u1"] is live
+    assert worker.table.data[b"u2"] is newer_u2
+    assert worker.table.data[b"u3"].applied == {"events": 1}
+    worker.owned_inputs = {TP(worker.settings.topic("user_events_topic"), 1)}
+    worker._rebuild_due_index()
+    assert worker.batch.states == {b"u1": live}
+    assert worker.metrics.outdated_states._value.get() == 1
+    assert worker.outdated == {}
+
+
+def test_an_older_record_followed_by_the_live_one_is_nothing_to_write_again(worker: Any) -> None:
+    live = state_at("u1", events=9)
+    worker.table.data[b"u1"] = live
+    same = state_at("u1", events=9)
+    worker.table.apply_changelog_batch([changelog_event(b"u1", state_at("u1", events=5)),
+                                        changelog_event(b"u1", same)])
+    assert worker.table.data[b"u1"] is same
+    worker._rebuild_due_index()
+    assert worker.batch.states == {}
+
+
+def test_a_standby_copy_is_kept_but_not_written_again(worker: Any) -> None:
+    live = state_at("u1", events=9)
+    worker.table.data[b"u1"] = live
+    worker.table.apply_changelog_batch([changelog_event(b"u1", state_at("u1", events=5))])
+    assert worker.table.data[b"u1"] is live
+    worker._rebuild_due_index()  # partition 1 is not this worker's
+    assert worker.batch.states == {}
