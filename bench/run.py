@@ -66,6 +66,9 @@ VARIANTS = {
     "batch-100": {"PUSHFLOW_BATCH_MAX": "100"},  # smaller batches: more flushes, less waiting
     "wait-50ms": {"PUSHFLOW_BATCH_WAIT_S": "0.05"},  # fuller batches, more latency
     "gc-default": {"PUSHFLOW_GC_THRESHOLD": "0"},  # Python's own garbage collector thresholds
+    "no-challengers": {"PUSHFLOW_CHALLENGERS": ""},  # the champion alone, nothing shadowed
+    # the default challenger named: run with PUSHFLOW_CHALLENGERS= to measure the other order
+    "one-challenger": {"PUSHFLOW_CHALLENGERS": "hashed-lr-fast"},
 }
 PEERS = ("quix", "bytewax")  # the counter job on other frameworks (bench/peers.py)
 
