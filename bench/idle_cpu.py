@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import Fetcher
 from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import _jiffies  # noqa: E402
 
 from streams.broker import EmbeddedBroker
 from streams.demo import WorkerProcess
@@ -38,8 +43,7 @@ WORKER_ENV = {"PUSHFLOW_SESSION_TIMEOUT_S": "6", "PUSHFLOW_PARTITIONS": "4",
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _jiffies(pid) / os.sysconf("SC_CLK_TCK")
 
 
 async def idle_consumer(bootstrap: str, topic: str, seconds: float) -> tuple[int, float]:
