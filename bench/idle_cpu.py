@@ -3,8 +3,8 @@
 A broker that answers an empty fetch at once (noida-db) instead of holding it for the fetch's
 maximum wait makes every idle consumer loop. This measures, on a fresh embedded broker:
 
-- a plain aiokafka consumer on an empty topic for ``--seconds``, without and with
-  ``streams.fetch_backoff`` (fetches sent, share of a core);
+- a plain aiokafka consumer on an empty topic for ``--seconds`` (fetches sent, share of a
+  core);
 - a pushflow worker with no traffic, ``--rounds`` times ``--seconds`` (share of a core, of the
   worker and of the broker).
 
@@ -35,7 +35,6 @@ from procs import _jiffies  # noqa: E402
 
 from streams.broker import EmbeddedBroker
 from streams.demo import WorkerProcess
-from streams.fetch_backoff import backing_off
 from streams.settings import Settings
 
 WORKER_ENV = {"PUSHFLOW_SESSION_TIMEOUT_S": "6", "PUSHFLOW_PARTITIONS": "4",
@@ -80,20 +79,12 @@ def main() -> None:
     with EmbeddedBroker(args.broker_kind) as broker:
         bootstrap = broker.url.removeprefix("kafka://")
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for name in ("idle-plain", "idle-backoff"):
+        for name in ("idle-plain",):
             for future in admin.create_topics([NewTopic(name, 4, 1)]).values():
                 future.result()
         fetches, share = asyncio.run(idle_consumer(bootstrap, "idle-plain", args.seconds))
         print(f"{args.broker_kind}: aiokafka consumer, empty topic: {fetches / args.seconds:,.0f}"
               f" fetches/s, {share:.0%} of a core")
-        original = Fetcher._proc_fetch_request
-        Fetcher._proc_fetch_request = backing_off(original)  # type: ignore[method-assign]
-        try:
-            fetches, share = asyncio.run(idle_consumer(bootstrap, "idle-backoff", args.seconds))
-        finally:
-            Fetcher._proc_fetch_request = original  # type: ignore[method-assign]
-        print(f"{args.broker_kind}: the same with streams.fetch_backoff: "
-              f"{fetches / args.seconds:,.0f} fetches/s, {share:.0%} of a core")
         workdir = Path(tempfile.mkdtemp(prefix="pushflow-idle-"))
         settings = Settings.from_env({}, broker=broker.url, data_dir=str(workdir),
                                      app_id="idle", topic_prefix="idle-")

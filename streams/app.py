@@ -40,7 +40,6 @@ from streams.contracts import (
 from streams.coordination import keep_member_id_on_illegal_generation, retry_failed_commits
 from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
-from streams.fetch_backoff import back_off_empty_fetches
 from streams.item_service import ItemCounter, item_page
 from streams.item_stats import ItemStatsTable
 from streams.metrics import Metrics
@@ -289,7 +288,6 @@ class PushflowWorker:
         self.decider = Decider(lambda: self.models.serving, decider_config(settings),
                                self.item_stats)
         keep_member_id_on_illegal_generation()
-        back_off_empty_fetches()
         retry_failed_commits()
         self.app = self._build_app()
         self._wire()
