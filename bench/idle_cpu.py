@@ -79,9 +79,8 @@ def main() -> None:
     with EmbeddedBroker(args.broker_kind) as broker:
         bootstrap = broker.url.removeprefix("kafka://")
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for name in ("idle-plain",):
-            for future in admin.create_topics([NewTopic(name, 4, 1)]).values():
-                future.result()
+        for future in admin.create_topics([NewTopic("idle-plain", 4, 1)]).values():
+            future.result()
         fetches, share = asyncio.run(idle_consumer(bootstrap, "idle-plain", args.seconds))
         print(f"{args.broker_kind}: aiokafka consumer, empty topic: {fetches / args.seconds:,.0f}"
               f" fetches/s, {share:.0%} of a core")
