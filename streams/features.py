@@ -47,6 +47,10 @@ RECENT_SENT_LIMIT = 16
 DECIDED_LIMIT = 1024  # candidate ids remembered per user, about 25 bytes of state each
 HASH_BUCKETS = 2**18  # hashed indicators ``h=<bucket>``: the model's weights stay bounded
 BASE_PRIOR_WEIGHT = 10.0  # a user's open-rate prior, centred on the base rate, worth 10 pushes
+#: How an hour-of-day profile is read (:func:`smoothed_hour`): the hour before, the hour, the
+#: hour after. ``pushflow evaluate`` measured the three taps against the raw hour and a
+#: five-tap kernel (docs/policy.md, "Reading the hour profiles").
+HOUR_KERNEL = (0.25, 0.5, 0.25)
 AFFINITY_LIMIT = 32  # creators and kinds whose affinity a user keeps (the strongest)
 AFFINITY_HALF_LIFE_MS = 7 * MS_DAY
 # What one activity event adds to the affinity of the creator it names; a push open adds
@@ -380,10 +384,25 @@ def smoothed_rate(hits: float, trials: float, prior: tuple[float, float] = OPEN_
     return (hits + a) / (trials + a + b)
 
 
+def smoothed_hour(profile: list[float], hour: int) -> float:
+    """The profile's count at local ``hour`` read with its neighbours: weights
+    :data:`HOUR_KERNEL` on the hour before, the hour and the hour after (around midnight
+    too). Daily activity curves are smooth, so events in the next hour are evidence about
+    this one, and a profile of a few dozen events is much less noisy read this way; the
+    smoothed profile has the same total.
+
+    >>> smoothed_hour([4.0] + [0.0] * 23, 23), smoothed_hour([4.0] + [0.0] * 23, 0)
+    (1.0, 2.0)
+    """
+    before, own, after = HOUR_KERNEL
+    return before * profile[hour - 1] + own * profile[hour] + after * profile[(hour + 1) % 24]
+
+
 def hour_affinity(profile: list[float], hour: int) -> float:
-    """log of this hour's share of the profile relative to a uniform day (0 = average)."""
+    """log of this hour's share of the profile (:func:`smoothed_hour`) relative to a uniform
+    day (0 = average)."""
     total = sum(profile)
-    return math.log((profile[hour] + 1.0) / (total + 24.0) * 24.0)
+    return math.log((smoothed_hour(profile, hour) + 1.0) / (total + 24.0) * 24.0)
 
 
 def _log_hours_since(then_ms: int | None, now_ms: int, never_h: float = 24 * 30) -> float:

@@ -19,7 +19,14 @@ import math
 from collections.abc import Mapping
 
 from streams.contracts import Candidate, local_time
-from streams.features import MS_HOUR, UserState, hour_affinity, model_features, window_counts
+from streams.features import (
+    MS_HOUR,
+    UserState,
+    hour_affinity,
+    model_features,
+    smoothed_hour,
+    window_counts,
+)
 
 # Features that describe what the user did up to now; a slot cannot know their future values.
 KNOWN_NOW = ("act_1h", "act_24h", "act_7d", "hours_since_active")
@@ -98,7 +105,8 @@ def expected_events(state: UserState, hour_start_ms: int) -> float:
     """Activity events the user's profile expects in the local hour from ``hour_start_ms``.
 
     The user's daily rate over the last 7 days, spread by the share of their activity profile
-    that falls in that local hour.
+    that falls in that local hour (read with its neighbours,
+    :func:`~streams.features.smoothed_hour`).
 
     >>> s = UserState("u1")
     >>> s.activity_by_hour[20] = 30.0
@@ -106,11 +114,11 @@ def expected_events(state: UserState, hour_start_ms: int) -> float:
     ...     s.buckets["7d"][t // 86_400_000] = s.buckets["7d"].get(t // 86_400_000, 0) + 1
     >>> s.watermark_ms = 7 * 86_400_000 - 1
     >>> expected_events(s, 20 * 3_600_000), expected_events(s, 3 * 3_600_000)
-    (24.0, 0.0)
+    (12.0, 0.0)
     """
     total = sum(state.activity_by_hour)
     if total <= 0:
         return 0.0
     _, _, week = window_counts(state, state.watermark_ms)
     hour = local_time(hour_start_ms, state.tz).hour
-    return week / 7 * state.activity_by_hour[hour] / total
+    return week / 7 * smoothed_hour(state.activity_by_hour, hour) / total
