@@ -143,7 +143,7 @@ class Settings:
     dismiss_weight: float = 0.1
     critical_in_quiet_hours: bool = True
     send_time: bool = True
-    send_time_min_events: int = 50
+    send_time_min_events: int = 20
     send_time_max_hold_s: int = 12 * 3600
     send_time_slots: int = 4
     send_time_min_gain: float = 0.01

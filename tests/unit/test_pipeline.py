@@ -118,7 +118,9 @@ def test_held_then_released_at_the_users_best_local_hour(tz: str, arrival: int, 
 
 
 def test_without_enough_profile_the_push_goes_now() -> None:
-    state = profiled("Asia/Tokyo", events=20.0)  # 43 events < send_time_min_events
+    state = profiled("Asia/Tokyo")
+    state.activity_by_hour = [0.0] * 24  # one event short of send_time_min_events
+    state.activity_by_hour[20] = float(POLICY.send_time_min_events - 1)
     out = HourScored(PushModel(), CONFIG).on_candidate(
         state, candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14)))
     assert actions(out) == [("send", "above_threshold")] and len(out.intents) == 1
@@ -134,8 +136,9 @@ def test_send_time_optimisation_can_be_turned_off() -> None:
 def test_a_push_is_not_held_past_its_expiry() -> None:
     state = profiled("Asia/Tokyo")
     out = HourScored(PushModel(), CONFIG).on_candidate(
-        state, candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14), ttl_h=5.5))
-    assert actions(out) == [("send", "above_threshold")]  # 20:00 is after 19:30
+        state, candidate("c1", at("Asia/Tokyo", 2026, 6, 10, 14), ttl_h=4.5))
+    # the peak at 20:00 and the hour before it (read with its neighbours) are after 18:30
+    assert actions(out) == [("send", "above_threshold")]
 
 
 # --- held, then stopped at release --------------------------------------------------------
