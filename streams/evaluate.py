@@ -17,6 +17,9 @@ true p_open of every send time the full policy considers, with its send-time opt
 ``full-volume`` (on request) is the full policy with its volume controller on, and
 ``inverted`` (on request) a deliberately bad one: the true p_open turned upside down at the
 full policy's volume, which must score below ``random`` for the evaluation to mean anything.
+``oracle-no-taste`` (on request) is the ``oracle`` without the user's own interest in what is
+pushed (its kind, and in ``segments`` its creator): what everything else the world hides is
+worth, i.e. how much of the oracle's lead only the user's taste explains.
 All keep the guardrails (the active-now rule and the gentler cap and gap of new users among
 them); the holdout group is off in every policy so each is measured on everyone, and the
 similarity demotion, a score term, only in ``full`` and ``full-volume``.
@@ -65,8 +68,9 @@ from streams.simulator import CANDIDATES, DAY_MS, Population, sigmoid
 from streams.world_segments import SegmentWorld
 
 POLICIES = ("send-everything", "random", "fixed-threshold", "full", "oracle", "oracle-sto")
-CHOICES = (*POLICIES, "full-volume", "inverted")
-MATCHED = ("random", "oracle", "oracle-sto", "inverted")  # steered to the full policy's volume
+CHOICES = (*POLICIES, "full-volume", "inverted", "oracle-no-taste")
+# steered to the full policy's volume
+MATCHED = ("random", "oracle", "oracle-sto", "inverted", "oracle-no-taste")
 TRUTH = ("oracle", "oracle-sto")
 HOUR_MS = 3_600_000
 WORLDS = ("simulator", "segments")
@@ -126,7 +130,7 @@ def policy_config(name: str, options: EvalOptions) -> PolicyConfig:
     if name == "fixed-threshold":
         return dataclasses.replace(full, send_time=False, volume_target=0.0, dismiss_weight=0.0,
                                    **alike)
-    if name in ("random", "oracle", "inverted"):
+    if name in ("random", "oracle", "inverted", "oracle-no-taste"):
         return dataclasses.replace(
             full, send_time=False, volume_target=0.0, dismiss_weight=0.0, disable_weight=0.0,
             explore_share=0.0, **alike,
@@ -146,11 +150,13 @@ def new_world(options: EvalOptions) -> World:
     raise ValueError(f"unknown world {options.world!r}")
 
 
-def true_p_open(world: World, candidate: Candidate, at_ms: int) -> float:
-    """The world's hidden p_open of a push of ``candidate`` sent at ``at_ms``."""
+def true_p_open(world: World, candidate: Candidate, at_ms: int, taste: bool = True) -> float:
+    """The world's hidden p_open of a push of ``candidate`` sent at ``at_ms``; with ``taste``
+    false, without the user's own interest in what is pushed (its kind, and in ``segments``
+    its creator)."""
     if isinstance(world, SegmentWorld):
-        return world.candidate_p_open(candidate, at_ms)
-    return world.true_p_open(candidate.user_id, candidate.kind, at_ms)
+        return world.candidate_p_open(candidate, at_ms, taste=taste)
+    return world.true_p_open(candidate.user_id, candidate.kind, at_ms, interest=taste)
 
 
 def true_zone(world: World, user_id: str, at_ms: int) -> str:
@@ -174,7 +180,8 @@ class _ScoredBy(Decider):
         if self.how == "random":
             p_open = unit_hash("random", candidate.candidate_id)
         else:
-            p_open = true_p_open(self.population, candidate, at_ms)
+            p_open = true_p_open(self.population, candidate, at_ms,
+                                 taste=self.how != "oracle-no-taste")
         return Scores(1.0 - p_open if self.how == "inverted" else p_open, 0.0, 0)
 
 

@@ -287,9 +287,11 @@ class Population:
             self._delivered_ids.add(intent_id)
             self._draw_outcome(idx, intent_id, str(intent.get("kind")), send_at)
 
-    def true_p_open(self, user_id: str, kind: str, at_ms: int) -> float:
-        """Hidden probability that ``user_id`` opens a ``kind`` push sent at ``at_ms``."""
-        return self._truth(self._index[user_id], kind, at_ms)[0]
+    def true_p_open(self, user_id: str, kind: str, at_ms: int, *, interest: bool = True) -> float:
+        """Hidden probability that ``user_id`` opens a ``kind`` push sent at ``at_ms``; with
+        ``interest`` false, without the user's own interest in the kind (every user's
+        interest taken as the default)."""
+        return self._truth(self._index[user_id], kind, at_ms, interest)[0]
 
     def true_p_disable(self, user_id: str, kind: str, at_ms: int) -> float:
         """Hidden probability that a ``kind`` push sent at ``at_ms`` makes the user disable."""
@@ -436,10 +438,11 @@ class Population:
                 annoyance += weight * irrelevance
         return fatigue, annoyance
 
-    def _truth(self, idx: int, kind: str, at_ms: int) -> tuple[float, float]:
+    def _truth(self, idx: int, kind: str, at_ms: int,
+               own_interest: bool = True) -> tuple[float, float]:
         """(p_open, p_disable) of a ``kind`` push to user ``idx`` sent at ``at_ms``."""
         user, (fatigue, annoyance) = self._users[idx], self._load(idx, at_ms)
-        interest = user.interest.get(kind, DEFAULT_INTEREST)
+        interest = user.interest.get(kind, DEFAULT_INTEREST) if own_interest else DEFAULT_INTEREST
         p_open = sigmoid(BIAS + W_INTEREST * logit(interest)
                          + W_ACTIVITY * user.activity_at(at_ms)
                          + W_RESPONSIVENESS * user.responsiveness - W_FATIGUE * fatigue)

@@ -195,16 +195,18 @@ class SegmentWorld:
         self._delivered.add(intent_id)
         self._outcome(idx, intent, intent_id, send_at)
 
-    def candidate_p_open(self, candidate: Any, at_ms: int) -> float:
+    def candidate_p_open(self, candidate: Any, at_ms: int, *, taste: bool = True) -> float:
         """Hidden probability that a push of ``candidate`` (a Candidate or its message) sent
-        at ``at_ms`` is opened."""
+        at ``at_ms`` is opened; with ``taste`` false, without the user's taste for its kind
+        and creator (everything else an oracle knows: segment, hour, freshness, fatigue)."""
         def get(name: str) -> Any:
             if isinstance(candidate, Mapping):
                 return candidate.get(name)
             return getattr(candidate, name)
 
         user = self._users[self._index[get("user_id")]]
-        return self._p_open(user, get("kind"), get("creator_id"), get("created_at_ms"), at_ms)
+        return self._p_open(user, get("kind"), get("creator_id"), get("created_at_ms"), at_ms,
+                            taste)
 
     def true_zone(self, user_id: str, at_ms: int) -> str:
         """The zone the user's device is in at ``at_ms``."""
@@ -310,7 +312,7 @@ class SegmentWorld:
 
     # ------------------------------------------------------------------ outcomes
     def _p_open(self, user: WorldUser, kind: str, creator_id: str | None, created: int,
-                at_ms: int) -> float:
+                at_ms: int, taste: bool = True) -> float:
         seg = user.segment
         item = self._kinds.get(kind, self._kinds["trending"])
         if creator_id is not None and creator_id.startswith("k") and creator_id[1:].isdigit():
@@ -323,7 +325,7 @@ class SegmentWorld:
         fatigue = sum(0.5 ** ((at_ms - t) / (seg.fatigue_half_life_h * HOUR_MS))
                       for t in user.pushes if t <= at_ms)
         open_curve = seg.activity(local_hour(user.zone_at(at_ms), at_ms))
-        return sigmoid(seg.base_logit + 1.2 * _dot(user.taste, item)
+        return sigmoid(seg.base_logit + (1.2 * _dot(user.taste, item) if taste else 0.0)
                        + 1.5 * math.log(open_curve) + 1.5 * math.log(0.05 + freshness)
                        - 0.6 * fatigue)
 

@@ -106,3 +106,41 @@ def test_the_command_prints_a_table_and_writes_the_report(tmp_path: Path) -> Non
     assert set(written["policies"]) == {"full", "send-everything", "random"}
     assert {"pushes_per_user_day", "opens", "opens_per_push", "disables", "oracle_share"} <= set(
         written["policies"]["random"])
+
+
+def test_the_oracle_without_taste_is_the_oracle_less_the_users_interest() -> None:
+    """``oracle-no-taste`` scores with everything the world hides but the user's interest in
+    what is pushed: changing that interest moves the oracle's p_open, not this one's."""
+    from streams.contracts import Candidate
+    from streams.evaluate import true_p_open
+    from streams.simulator import Population
+    from streams.world_segments import SegmentWorld
+
+    start, at = QUICK.start_ms, QUICK.start_ms + 14 * 3_600_000
+    segments = SegmentWorld(3, 20, start)
+    user = segments._users[0]
+    c = Candidate("c1", user.user_id, "trending", "x1", at - 60_000, at + 3_600_000,
+                  creator_id="k00001")
+    before = (true_p_open(segments, c, at), true_p_open(segments, c, at, taste=False))
+    user.taste = tuple(-3 * v for v in user.taste)
+    assert true_p_open(segments, c, at, taste=False) == before[1]
+    assert true_p_open(segments, c, at) != before[0]
+
+    simulator = Population(3, 20, start)
+    sim_user = simulator._users[0]
+    c = dataclasses.replace(c, user_id=sim_user.user_id, kind="trending")
+    before = (true_p_open(simulator, c, at), true_p_open(simulator, c, at, taste=False))
+    simulator._users[0] = dataclasses.replace(sim_user, interest={"trending": 0.99})
+    assert true_p_open(simulator, c, at, taste=False) == before[1]
+    assert true_p_open(simulator, c, at) != before[0]
+    assert policy_config("oracle-no-taste", QUICK) == policy_config("oracle", QUICK)
+
+
+@pytest.mark.parametrize("world", ["simulator", "segments"])
+def test_the_oracle_without_taste_is_matched_to_the_full_policy(world: str) -> None:
+    from streams.evaluate import MATCHED
+
+    assert "oracle-no-taste" in MATCHED  # steered like the oracle (test above on --quick)
+    report = evaluate(dataclasses.replace(TINY, world=world), ["oracle-no-taste"])["policies"]
+    assert set(report) == {"full", "oracle-no-taste"}
+    assert report["oracle-no-taste"]["pushes"] > 0
