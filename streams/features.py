@@ -48,8 +48,8 @@ DECIDED_LIMIT = 1024  # candidate ids remembered per user, about 25 bytes of sta
 HASH_BUCKETS = 2**18  # hashed indicators ``h=<bucket>``: the model's weights stay bounded
 BASE_PRIOR_WEIGHT = 10.0  # a user's open-rate prior, centred on the base rate, worth 10 pushes
 #: How an hour-of-day profile is read (:func:`smoothed_hour`): the hour before, the hour, the
-#: hour after. ``pushflow evaluate`` measured the three taps against the raw hour and a
-#: five-tap kernel (docs/policy.md, "Reading the hour profiles").
+#: hour after. ``pushflow evaluate`` measured it against the raw hour (docs/policy.md,
+#: "Reading the hour profiles").
 HOUR_KERNEL = (0.25, 0.5, 0.25)
 AFFINITY_LIMIT = 32  # creators and kinds whose affinity a user keeps (the strongest)
 AFFINITY_HALF_LIFE_MS = 7 * MS_DAY
