@@ -69,6 +69,8 @@ VARIANTS = {
     "no-challengers": {"PUSHFLOW_CHALLENGERS": ""},  # the champion alone, nothing shadowed
     # the default challenger named: run with PUSHFLOW_CHALLENGERS= to measure the other order
     "one-challenger": {"PUSHFLOW_CHALLENGERS": "hashed-lr-fast"},
+    # inputs record by record through Faust's agent, as before batched ingestion
+    "faust-path": {"PUSHFLOW_INGESTION": "faust"},
 }
 PEERS = ("quix", "bytewax")  # the counter job on other frameworks (bench/peers.py)
 
@@ -438,20 +440,20 @@ def _figure_row(result: dict[str, Any], name: str) -> str:
     lat, state, rec = result.get("latency"), result.get("state"), result.get("recovery")
     if name == "ratios" and "pipeline_over_counter" in r and "pipeline_over_noop" in r:
         return (f"| pipeline / per-event counter (per CPU-s) | {r['pipeline_over_counter']:.2f}x "
-                f"({r.get('pipeline_over_counter_per_cpu', 0):.2f}x) | >= 2x |\n"
-                f"| pipeline / do-nothing batched (per CPU-s) | {r['pipeline_over_noop']:.0%} "
-                f"({r.get('pipeline_over_noop_per_cpu', 0):.0%}) | >= 60% |")
+                f"({r.get('pipeline_over_counter_per_cpu', 0):.2f}x) | >= 10x, both |\n"
+                f"| pipeline / do-nothing batched (per CPU-s) | {r['pipeline_over_noop']:.2f}x "
+                f"({r.get('pipeline_over_noop_per_cpu', 0):.2f}x) | >= 5x, both |")
     if name == "peers":
         return "\n".join(
             f"| pipeline / {PEER_NAMES[p]} (per CPU-s) | {r[f'pipeline_over_{p}']:.2f}x "
             f"({r.get(f'pipeline_over_{p}_per_cpu', 0):.2f}x) | |"
             for p in PEERS if f"pipeline_over_{p}" in r)
     if name == "rate":
-        return f"| pipeline events/s | {pipe['events_per_s']:,} | >= 10,000 |"
+        return f"| pipeline events/s | {pipe['events_per_s']:,} | |"
     if name == "latency" and lat:
         rows = [f"| candidate -> decision p50 / p99 at {lat['achieved_per_s']:,} ev/s (half max), "
                 f"{lat['timed_candidates']:,} candidates | {lat['p50_ms']} / {lat['p99_ms']} ms "
-                f"| p99 < 100 ms |"]
+                f"| p99 <= 250 ms (noida) |"]
         rows += [f"| variant `{v}`: p50 / p99 at half its max ({f['latency']['achieved_per_s']:,}"
                  f" ev/s) | {f['latency']['p50_ms']} / {f['latency']['p99_ms']} ms | |"
                  for v, f in result.get("variants", {}).items() if "latency" in f]

@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -40,6 +40,7 @@ from streams.contracts import (
 from streams.coordination import keep_member_id_on_illegal_generation, retry_failed_commits
 from streams.errors import ConfigError, OutputTooLarge, ProcessingError
 from streams.features import UserState, state_from_bytes, state_to_bytes
+from streams.ingestion import BatchedConsumer
 from streams.item_service import ItemCounter, item_page
 from streams.item_stats import ItemStatsTable
 from streams.metrics import Metrics
@@ -212,10 +213,21 @@ def arrival_ms(message: Any) -> int:
     return min(record_time_ms(message), int(time.time() * 1000))
 
 
-def in_record_time_order(events: Iterable[Any], rank: dict[str, int]) -> list[Any]:
-    """A taken list with each partition's input topics merged by record timestamp, as Kafka
-    Streams merges co-partitioned inputs: a user's event produced before a candidate is
-    applied before it, even if the consumer handed the candidates' fetch over first.
+def _event_message(event: Any) -> Any:
+    return event.message
+
+
+def _message(message: Any) -> Any:
+    return message
+
+
+def in_record_time_order(
+    events: Iterable[Any], rank: dict[str, int], key: Callable[[Any], Any] = _event_message
+) -> list[Any]:
+    """A fetch (or a taken list: ``key`` gives an item's message) with each partition's input
+    topics merged by record timestamp, as Kafka Streams merges co-partitioned inputs: a user's
+    event produced before a candidate is applied before it, even if the consumer read the
+    candidates' records first.
 
     Each topic keeps its own order (the merge only picks the earliest head, so offsets per
     topic-partition stay monotonic for the re-read bookkeeping); ties go to the topic ranked
@@ -224,7 +236,7 @@ def in_record_time_order(events: Iterable[Any], rank: dict[str, int]) -> list[An
     """
     queues: dict[int, dict[str, list[Any]]] = defaultdict(dict)
     for event in events:
-        message = event.message
+        message = key(event)
         queues[message.partition].setdefault(message.topic, []).append(event)
     merged: list[Any] = []
     for topics in queues.values():
@@ -232,7 +244,7 @@ def in_record_time_order(events: Iterable[Any], rank: dict[str, int]) -> list[An
             merged += next(iter(topics.values()))
             continue
         ordered = [topics[topic] for topic in sorted(topics, key=lambda t: rank.get(t, len(rank)))]
-        merged += heapq.merge(*ordered, key=lambda event: event.message.timestamp or 0.0)
+        merged += heapq.merge(*ordered, key=lambda event: key(event).timestamp or 0.0)
     return merged
 
 
@@ -370,7 +382,13 @@ class PushflowWorker:
         )
         self.changelog = self.table.changelog_topic.get_topic_name()
         self._guard_recovery(self.table)
+        # The agent subscribes the inputs; with batched ingestion (the default) their records
+        # never reach it: the consumer hands each fetched batch to _on_input_batch.
         self.app.agent(self.inputs, name="pushflow.decide")(self._decide_agent)
+        if s.ingestion == "batched":
+            self.app.transport.Consumer = BatchedConsumer  # type: ignore[misc]
+            self.app.batched_inputs = dict.fromkeys(  # type: ignore[attr-defined]
+                self.inputs.topics, self._on_input_batch)
         self.app.task(self._write_loop)
         self._install_commit_barrier()
         self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every,
@@ -443,14 +461,15 @@ class PushflowWorker:
     # --- the decision agent ---------------------------------------------------------------
 
     async def _decide_agent(self, stream: faust.StreamT) -> AsyncIterator[None]:
-        """Inputs are taken in lists of up to ``batch_max`` (or what came within
-        ``batch_wait_s``); each, in partition order, is applied to its user's state in memory
-        and its outputs join the open batch. :meth:`write_pending` writes the batch when it
-        holds ``batch_max`` inputs, ``batch_wait_s`` after it was opened, and before Faust
-        commits any offset (the commit barrier, :meth:`_install_commit_barrier`). Faust
-        acknowledges a list once this loop asks for the next one, so every acknowledged input
-        is applied (or passed over to be read again, :meth:`_skipped`), and every committed
-        one is written."""
+        """With ``ingestion`` = ``faust`` (with ``batched`` no input reaches it, see
+        :meth:`_on_input_batch`): inputs are taken in lists of up to ``batch_max`` (or what
+        came within ``batch_wait_s``); each, in partition order, is applied to its user's
+        state in memory and its outputs join the open batch. :meth:`write_pending` writes
+        the batch when it holds ``batch_max`` inputs, ``batch_wait_s`` after it was opened,
+        and before Faust commits any offset (the commit barrier,
+        :meth:`_install_commit_barrier`). Faust acknowledges a list once this loop asks for
+        the next one, so every acknowledged input is applied (or passed over to be read
+        again, :meth:`_skipped`), and every committed one is written."""
         settings = self.settings
         taken = cast(faust.Stream, stream).take_events(settings.batch_max, settings.batch_wait_s)
         async for events in taken:
@@ -464,6 +483,39 @@ class PushflowWorker:
             if self.batch.inputs >= settings.batch_max:
                 await self.write_pending()
             yield None
+
+    async def _on_input_batch(self, messages: list[Any]) -> None:
+        """The inputs of one fetch (:mod:`streams.ingestion`), merged by record time, applied
+        and written in parts of ``batch_max`` (states, then outputs, acknowledged by the
+        broker), each part acknowledged to Faust only then: no offset can be committed ahead
+        of what its input did. A failed write is tried again, the inputs unacknowledged
+        meanwhile, until it is written or the worker stops."""
+        self.metrics.input_batch.observe(len(messages))
+        ordered = in_record_time_order(messages, self.kind_rank, key=_message)
+        size = self.settings.batch_max
+        for start in range(0, len(ordered), size):  # a large fetch is written in parts
+            await self._apply_and_write(ordered[start:start + size])
+
+    async def _apply_and_write(self, messages: list[Any]) -> None:
+        batch = self.batch
+        for message in messages:
+            self._apply(message, batch)
+        batch.inputs += len(messages)
+        self._publish_counts()
+        if self.rewinding:
+            await self._seek_back()
+        delay = 0.05
+        while True:
+            try:
+                await self.write_pending()
+                break
+            except Exception:  # the broker is away: write again, read nothing more meanwhile
+                if self.app.should_stop:
+                    raise
+                log.exception("writing a batch failed: writing it again in %.2f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        cast(BatchedConsumer, self.app.consumer).ack_all(messages)
 
     def _new_batch(self) -> Batch:
         now = time.time()

@@ -195,6 +195,11 @@ class Metrics:
             "pushflow_rebalances", "Consumer-group rebalances this worker went through.",
             registry=registry,
         )
+        self.input_batch = Histogram(
+            "pushflow_input_batch_records",
+            "Input records the consumer handed over at once (one fetch; batched ingestion).",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500), registry=registry,
+        )
         self.rebalance_seconds = Histogram(
             "pushflow_rebalance_duration_seconds", "Time from rebalance start to end.",
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=registry,

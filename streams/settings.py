@@ -92,6 +92,9 @@ class Settings:
     # inputs decided per batch, and how long a batch waits to fill (adds to latency)
     batch_max: int = 500
     batch_wait_s: float = 0.01
+    # "batched": each fetch of the inputs is handed over at once (streams.ingestion);
+    # "faust": record by record through Faust's agent (the path before it, for comparison)
+    ingestion: str = "batched"
     # --- security (passed through to both Kafka clients)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
@@ -201,6 +204,7 @@ class Settings:
         self._check_range("quiet_end_hour", 0, 23)
         self._check_range("startup_timeout_s", 0.1, 3600.0)
         self._check_choice("log_format", ("text", "json"))
+        self._check_choice("ingestion", ("batched", "faust"))
         self._check_range("decided_limit", 1, 1_000_000)
         self._check_range("item_half_life_s", 1, 365 * 24 * 3600)
         self._check_range("item_ttl_s", 1, 365 * 24 * 3600)

@@ -120,3 +120,39 @@ def test_the_web_server_serves_only_our_pages(deployment: Deployment) -> None:
     faust_pages = ["/router/", "/router/topics", "/table/", "/table/user-state/", "/",
                    "/graph/", "/assignment/", "/performance/", "/no/such/page"]
     assert {path: status_of(base + path) for path in faust_pages} == dict.fromkeys(faust_pages, 404)
+
+
+def _input_batches(text: str) -> tuple[float, float]:
+    """(fetches handed over, records in them) from the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pushflow_input_batch_records_count":
+                count = sample.value
+            elif sample.name == "pushflow_input_batch_records_sum":
+                total = sample.value
+    return count, total
+
+
+@pytest.mark.parametrize("ingestion", ["batched", "faust"])
+def test_both_ingestion_paths_decide_every_candidate(
+    deployment: Deployment, ingestion: str
+) -> None:
+    """Batched ingestion (the default) hands each fetch over at once, and decides what the
+    record-by-record path decides: every candidate once, for users whose inputs of both topics
+    arrive together."""
+    users = [f"u{n:02d}" for n in range(20)]
+    messages = [m for u in users for m in activity(u, 15)]
+    messages += [candidate(u, f"c-{u}") for u in users]
+    deployment.produce(messages)
+    worker = deployment.start_worker(PUSHFLOW_INGESTION=ingestion)
+    finals = deployment.read(
+        "decisions_topic", lambda r: len({d["candidate_id"] for d in r if d["final"]}) >= 20)
+    assert {d["candidate_id"] for d in finals if d["final"]} == {f"c-{u}" for u in users}
+    count, total = _input_batches(worker.metrics_text())
+    if ingestion == "faust":
+        assert (count, total) == (0, 0)
+    else:  # every input in a handed-over fetch, most fetches of more than one record
+        assert total >= len(messages) and count < total

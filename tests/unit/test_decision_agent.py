@@ -276,3 +276,36 @@ def test_a_standby_copy_is_kept_but_not_written_again(worker: Any) -> None:
     assert worker.table.data[b"u1"] is live
     worker._rebuild_due_index()  # partition 1 is not this worker's
     assert worker.batch.states == {}
+
+
+# --- batched ingestion: a fetch is applied, written, and only then acknowledged -----------------
+
+
+def test_a_fetch_is_acknowledged_part_by_part_only_after_its_write(tmp_path: Path) -> None:
+    """Five inputs in one fetch, ``batch_max`` 2: three writes of at most two inputs, each
+    part acknowledged after its write returned; a failed write is tried again, and until it
+    succeeds nothing of its part is acknowledged."""
+    from streams.app import Batch, PushflowWorker
+
+    settings = Settings.from_env({"PUSHFLOW_BATCH_MAX": "2"}, broker="kafka://127.0.0.1:9092",
+                                 data_dir=str(tmp_path))
+    worker = PushflowWorker(settings, registry=CollectorRegistry())
+    topic = worker.topics_by_kind["events"]
+    fetch = [SimpleNamespace(topic=topic, partition=1, offset=n, tp=TP(topic, 1), key=b"u1",
+                             value=user_event(n), timestamp=(NOON + n * 60_000) / 1000)
+             for n in range(5)]
+    log: list[Any] = []
+    failures = [RuntimeError("broker away")]
+
+    async def write(batch: Batch) -> None:
+        if failures:
+            raise failures.pop()
+        log.append(("written", batch.inputs))
+
+    worker._write = write
+    worker.app.consumer = SimpleNamespace(
+        ack_all=lambda messages: log.append(("acked", [m.offset for m in messages])))
+    asyncio.run(worker._on_input_batch(fetch))
+    assert log == [("written", 2), ("acked", [0, 1]), ("written", 2), ("acked", [2, 3]),
+                   ("written", 1), ("acked", [4])]
+    assert worker.positions[(topic, 1)] == 5
