@@ -273,6 +273,9 @@ class PushflowWorker:
         # Input partitions read again from an offset the consumer skipped (see _skipped).
         self.rewinding: dict[tuple[str, int], Rewind] = {}
         self.rewound: dict[tuple[str, int], int] = {}
+        # Offsets holding no records that the batched path accepted as a gap, to tell Faust
+        # (its drain loop leaves the inputs' gaps to the worker, streams.ingestion).
+        self.gaps: list[tuple[Any, int, int]] = []
         # Per input partition, the offset after the last input this process counted: kept
         # across revocations, so an input handed over again is counted once (_apply).
         self.counted_to: dict[tuple[str, int], int] = {}
@@ -390,7 +393,8 @@ class PushflowWorker:
             self.app.batched_inputs = dict.fromkeys(  # type: ignore[attr-defined]
                 self.inputs.topics, self._on_input_batch)
         self.app.task(self._write_loop)
-        self._install_commit_barrier()
+        if s.ingestion == "faust":
+            self._install_commit_barrier()
         self.trainer = Trainer(self.models, self.metrics, self._publish, s.snapshot_every,
                                s.snapshot_interval_s, champion=s.model,
                                challenger_specs=challenger_specs(s),
@@ -515,7 +519,11 @@ class PushflowWorker:
                 log.exception("writing a batch failed: writing it again in %.2f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-        cast(BatchedConsumer, self.app.consumer).ack_all(messages)
+        consumer = cast(BatchedConsumer, self.app.consumer)
+        while self.gaps:
+            tp, first, last = self.gaps.pop(0)
+            await consumer._add_gap(tp, first, last)
+        consumer.ack_all(messages)
 
     def _new_batch(self) -> Batch:
         now = time.time()
@@ -631,8 +639,11 @@ class PushflowWorker:
         that lands behind the fetch position); it counts them as a gap, i.e. done. The worker
         notices the jump, seeks back to the first missing offset and passes over everything
         until the re-read arrives; a second jump from the same offset is a real gap (e.g.
-        transaction markers) and is accepted. The commit barrier waits for the re-read, so no
-        offset is committed past an input that was never applied.
+        transaction markers) and is accepted. No offset is committed past an input that was
+        never applied: on the batched path Faust is told of no gap but that one
+        (:meth:`_gap`), so its commits stop at the first missing offset until the re-read is
+        acknowledged; on the ``faust`` path Faust marks the jump as a gap itself, and the
+        commit barrier waits for the re-read.
         """
         where = (message.topic, message.partition)
         offset = message.offset
@@ -641,15 +652,26 @@ class PushflowWorker:
             if not rewind.first_missing <= offset <= rewind.jumped_to:
                 return True  # handed over before the seek, or applied already
             del self.rewinding[where]  # the re-read: from the first missing offset on, or
-            return False  # from the same jump again (those offsets hold no records)
+            self._gap(message, rewind.first_missing)  # from the same jump again (those
+            return False  # offsets hold no records)
         expected = self.positions.get(where)
-        if expected is None or offset <= expected or self.rewound.get(where) == expected:
+        if expected is None or offset <= expected:
+            return False
+        if self.rewound.get(where) == expected:
+            self._gap(message, expected)
             return False
         log.warning("the consumer skipped %s[%d] offsets %d..%d: reading them again",
                     message.topic, message.partition, expected, offset - 1)
         self.rewinding[where] = Rewind(message.tp, expected, offset)
         self.rewound[where] = expected
         return True
+
+    def _gap(self, message: Any, first: int) -> None:
+        """Offsets ``first`` up to ``message``'s hold no records (read twice, the same jump):
+        on the batched path Faust is told, so its commits can pass them once the inputs
+        around them are acknowledged; Faust's own drain loop tells it on the other path."""
+        if message.offset > first and self.settings.ingestion == "batched":
+            self.gaps.append((message.tp, first, message.offset - 1))
 
     async def _seek_back(self) -> None:
         """Seek each partition being read again to its first missing offset, again every
@@ -998,6 +1020,7 @@ class PushflowWorker:
                 await self.trainer.on_example(message.offset, message.value or b"", limit)
             except ContractError as exc:  # not an example the worker wrote: never learned
                 self._dead_letter(message, exc, self.batch)
+                await self.write_pending()  # written before Faust acknowledges the example
             yield None
 
     async def _publish(self, snapshot: bytes) -> None:

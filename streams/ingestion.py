@@ -11,9 +11,13 @@ the records of the topics in the app's ``batched_inputs`` are collected and hand
 Faust's callback, record by record, exactly as before.
 
 Faust still owns the group, the assignment, flow control around rebalances and recovery,
-the read offsets and gaps it keeps per partition, and the commits: ``on_batch`` acknowledges
-the records it was handed (:meth:`BatchedConsumer.ack_all`) once what they did is written,
-so Faust commits their offsets as it commits an agent's.
+the read offsets it keeps per partition, and the commits: ``on_batch`` acknowledges the
+records it was handed (:meth:`BatchedConsumer.ack_all`) once what they did is written, so
+Faust commits their offsets as it commits an agent's. One thing moves to the worker: when the
+offsets of a batched topic jump, Faust's loop would mark the skipped ones as a gap (done, so
+a commit could pass them although they were never applied); here the worker reads them again
+and tells Faust of a gap only where the re-read jumps the same way (offsets holding no
+records, e.g. transaction markers).
 
 >>> from faust.transport.drivers.aiokafka import Consumer
 >>> issubclass(BatchedConsumer, Consumer)
@@ -77,13 +81,16 @@ class BatchedConsumer(Consumer):
                         r_offset = get_read_offset(tp)
                         if r_offset is not None and offset < r_offset:
                             continue  # read already (Faust drops these too)
+                        on_batch = batched.get(tp.topic)
                         gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        if gap > 1 and r_offset and on_batch is None \
+                                and acks_enabled_for(message.topic):
+                            # A batched topic's jump is not a gap yet: the worker reads the
+                            # skipped offsets again and says which hold no records.
                             await self._add_gap(tp, r_offset + 1, offset)
                         if self._commit_every is not None and self._n_acked >= self._commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        on_batch = batched.get(tp.topic)
                         if on_batch is None:
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         else:

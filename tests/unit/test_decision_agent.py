@@ -52,6 +52,7 @@ def test_a_jump_seeks_back_and_passes_over_everything_until_the_first_missing_in
     assert read(worker, 16) and read(worker, 17)  # still buffered from before the seek
     assert [read(worker, o) for o in range(10, 18)] == [False] * 8  # the re-read, in order
     assert worker.rewinding == {}
+    assert worker.gaps == []  # nothing for Faust to mark as done: every offset was applied
 
 
 def test_a_jump_again_from_the_same_offset_is_a_real_gap(worker: Any) -> None:
@@ -59,6 +60,7 @@ def test_a_jump_again_from_the_same_offset_is_a_real_gap(worker: Any) -> None:
     assert read(worker, 11)  # offset 10 holds no record (e.g. a transaction marker)
     assert not read(worker, 11)  # the re-read jumps over it again: accepted
     assert worker.rewinding == {}
+    assert worker.gaps == [(TP(TOPIC, 1), 10, 10)]  # and Faust told, so commits pass it
 
 
 def test_other_partitions_are_not_held_up(worker: Any) -> None:
