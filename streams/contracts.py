@@ -380,16 +380,10 @@ def user_event_from(
     _check_not_future(obj, "event_time_ms", latest_ms)
     check_time_zone(obj["tz"])
     _check_key(key, obj["user_id"])
-    return UserEvent(
-        event_id=obj["event_id"],
-        user_id=obj["user_id"],
-        type=obj["type"],
-        event_time_ms=int(obj["event_time_ms"]),
-        tz=obj["tz"],
-        intent_id=obj.get("intent_id"),
-        content_id=obj.get("content_id"),
-        creator_id=obj.get("creator_id"),
-    )
+    get = obj.get
+    # by position: a frozen dataclass takes keywords at about twice the cost
+    return UserEvent(obj["event_id"], obj["user_id"], obj["type"], int(obj["event_time_ms"]),
+                     obj["tz"], get("intent_id"), get("content_id"), get("creator_id"))
 
 
 def parse_candidate(
@@ -410,18 +404,10 @@ def candidate_from(
     if obj.get("tz") is not None:
         check_time_zone(obj["tz"])
     _check_key(key, obj["user_id"])
-    return Candidate(
-        candidate_id=obj["candidate_id"],
-        user_id=obj["user_id"],
-        kind=obj["kind"],
-        content_id=obj["content_id"],
-        created_at_ms=int(obj["created_at_ms"]),
-        expires_at_ms=int(obj["expires_at_ms"]),
-        critical=bool(obj.get("critical", False)),
-        creator_id=obj.get("creator_id"),
-        tz=obj.get("tz"),
-        title=obj.get("title"),
-    )
+    get = obj.get
+    return Candidate(obj["candidate_id"], obj["user_id"], obj["kind"], obj["content_id"],
+                     int(obj["created_at_ms"]), int(obj["expires_at_ms"]),
+                     bool(get("critical", False)), get("creator_id"), get("tz"), get("title"))
 
 
 # --- time zones -------------------------------------------------------------------------
