@@ -398,6 +398,9 @@ class Replayer:
         items = ItemStatsTable(config.item_half_life_ms)
         self.decider = Decider(lambda: self.serving, config, items)
         self.states: dict[str, UserState] = {}
+        # No user's watermark is below this (the lowest a user had when first stored; a
+        # watermark only grows): while it is within the TTL, a sweep has no one to expire.
+        self.lowest_ms: int | None = None
         self.due: set[str] = set()
         self.clock = TickClock()
         self.watermark_ms = self.next_tick_ms = self.next_sweep_ms = 0
@@ -448,6 +451,7 @@ class Replayer:
     def _step(self, message: UserEvent | Candidate, arrival_ms: int | None = None) -> None:
         user_id = message.user_id
         state = self.states.get(user_id)
+        new = state is None
         if state is None:
             state = UserState(user_id, tz_known=False)
         else:
@@ -461,6 +465,8 @@ class Replayer:
             self.clock.exact = True  # the state may be half-stepped: tick every user from now on
             return self._dead_letter(ProcessingError(f"{type(exc).__name__}: {exc}"))
         self.states[user_id] = state
+        if new and (self.lowest_ms is None or state.watermark_ms < self.lowest_ms):
+            self.lowest_ms = state.watermark_ms
         if isinstance(message, Candidate):
             self._track(message, out)
         self._absorb(user_id, state, out)
@@ -505,8 +511,9 @@ class Replayer:
         """The worker's TTL sweep (hourly in event time): idle users with nothing in flight."""
         self.clock.catch_up_all(self.states)
         cutoff = self.watermark_ms - self.options.user_ttl_ms
-        idle = [u for u, s in self.states.items()
-                if s.watermark_ms < cutoff and not s.pending and not s.outbox]
+        idle = [] if self.lowest_ms is None or self.lowest_ms >= cutoff else [
+            u for u, s in self.states.items()
+            if s.watermark_ms < cutoff and not s.pending and not s.outbox]
         for user_id in idle:
             del self.states[user_id]
         self.report.users_expired += len(idle)
