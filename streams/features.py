@@ -28,6 +28,7 @@ import hashlib
 import math
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -199,11 +200,15 @@ def window_counts(state: UserState, now_ms: int) -> tuple[int, int, int]:
     counts = []
     for name, width, count in WINDOWS:
         newest = now_ms // width
-        window = state.buckets[name]
-        counts.append(sum(n for b, n in window.items() if newest - count < b <= newest))
+        oldest, total = newest - count, 0
+        for bucket, n in state.buckets[name].items():
+            if oldest < bucket <= newest:
+                total += n
+        counts.append(total)
     return counts[0], counts[1], counts[2]
 
 
+@lru_cache(maxsize=4096)  # a candidate's key is read twice and written once while it is decided
 def decided_key(candidate_id: str) -> str:
     """A short, fixed-size stand-in for a candidate id in the user's state: 64 bits of its
     BLAKE2b digest, base64url (11 characters, where an id may have 128). Two ids of one user
