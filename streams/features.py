@@ -140,8 +140,9 @@ class UserState:
             window = self.buckets[name]
             if window:
                 oldest = watermark // width - count
-                for bucket in [b for b in window if b <= oldest]:
-                    del window[bucket]
+                if min(window) <= oldest:  # the longer windows rarely have a bucket to drop
+                    for bucket in [b for b in window if b <= oldest]:
+                        del window[bucket]
         day_ago = watermark - MS_DAY
         if self.recent_sends_ms:
             self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]

@@ -147,7 +147,8 @@ class Head:
                 continue
             var = variances[name]
             scaled = (value - means[name]) / var**0.5 if var else 0.0
-            x[name] = min(CLIP, max(-CLIP, scaled))
+            # min(CLIP, max(-CLIP, scaled)), NaN included (it becomes -CLIP there too)
+            x[name] = scaled if -CLIP <= scaled <= CLIP else CLIP if scaled > CLIP else -CLIP
         x.update(hot)
         return x
 

@@ -453,7 +453,8 @@ class Replayer:
         state = self.states.get(user_id)
         new = state is None
         if state is None:
-            state = UserState(user_id, tz_known=False)
+            state = UserState(user_id)  # the keyword tz_known=False costs a third more
+            state.tz_known = False
         else:
             self.clock.catch_up(user_id, state)
         try:
