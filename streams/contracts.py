@@ -200,8 +200,9 @@ def _acceptor(
             return None
         required.update(part.get("required", ()))
     names: dict[str, Any] = {}  # constants the generated code refers to
-    lines = ["def accept(data):", "    if type(data) is not dict:", "        return False",
-             "    get = data.get"]
+    # named validate_*, as fastjsonschema's functions are, so profiles count it as validation
+    lines = ["def validate_accepts(data):", "    if type(data) is not dict:",
+             "        return False", "    get = data.get"]
     defaults = []
     for n, (field, rules) in enumerate(properties.items()):
         if not isinstance(rules, dict) or set(rules) - _ACCEPTOR_PROPERTY:
@@ -248,7 +249,7 @@ def _acceptor(
     lines.append("    return True")
     namespace = {"MISSING": object(), **names}
     exec("\n".join(lines), namespace)  # code made above from the schema alone
-    accept: Callable[[Any], bool] = namespace["accept"]
+    accept: Callable[[Any], bool] = namespace["validate_accepts"]
     return accept
 
 
