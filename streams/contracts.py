@@ -136,15 +136,121 @@ def validator(name: str) -> Callable[[Any], Any]:
     whole = fastjsonschema.compile(schema)
     routes = _decided_conditions(schema)
     if routes is None:
-        return whole
+        accept = _acceptor(schema, whole)
+        if accept is None:
+            return whole
+
+        def validate_whole(obj: Any) -> Any:
+            return obj if accept(obj) else whole(obj)
+
+        return validate_whole
     field, schemas = routes
     by_value = {value: fastjsonschema.compile(decided) for value, decided in schemas.items()}
+    accepts = {value: _acceptor(schemas[value], compiled) for value, compiled in by_value.items()}
 
     def validate(obj: Any) -> Any:
         value = obj.get(field) if isinstance(obj, dict) else None
-        return (by_value.get(value, whole) if isinstance(value, str) else whole)(obj)
+        if not isinstance(value, str):
+            return whole(obj)
+        accept = accepts.get(value)
+        if accept is not None and accept(obj):
+            return obj
+        return by_value.get(value, whole)(obj)
 
     return validate
+
+
+# The keywords an acceptor (:func:`_acceptor`) knows; a schema using any other has none.
+_ACCEPTOR_TOP = {"$schema", "$id", "title", "description", "examples", "type", "properties",
+                 "required", "additionalProperties", "allOf"}
+_ACCEPTOR_PROPERTY = {"type", "description", "default", "minLength", "maxLength", "pattern",
+                      "enum", "minimum", "maximum"}
+
+
+def _acceptor(
+    schema: dict[str, Any], compiled: Callable[[Any], Any]
+) -> Callable[[Any], bool] | None:
+    """A quick check that says True only of an object ``compiled`` (the fastjsonschema
+    validator of ``schema``) accepts, filling in the defaults as it does; False says
+    nothing: the message then goes to ``compiled``, which accepts or refuses it with its own
+    error. None when ``schema`` uses more than flat properties of type string (lengths,
+    pattern, enumeration), integer (bounds), boolean or object and required lists.
+
+    The checks are narrower than the schema's where that is simpler (an integer must be an
+    ``int``, not a float such as ``5.0``); such a message still validates, the long way.
+    Generated as one function, as fastjsonschema generates its own, but without building an
+    exception or a message: the input messages pass it in about a fifth of the time.
+
+    >>> s = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 9},
+    ...      "on": {"type": "boolean", "default": False}}, "required": ["n"]}
+    >>> accept = _acceptor(s, fastjsonschema.compile(s))
+    >>> obj = {"n": 3}
+    >>> accept(obj), obj, accept({"n": 10}), accept({"n": 3.0}), accept([])
+    (True, {'n': 3, 'on': False}, False, False, False)
+    """
+    patterns = getattr(compiled, "__globals__", {}).get("REGEX_PATTERNS", {})
+    properties = schema.get("properties", {})
+    if (set(schema) - _ACCEPTOR_TOP or schema.get("type") != "object"
+            or schema.get("additionalProperties", True) is not True
+            or not isinstance(properties, dict)):
+        return None
+    required = set(schema.get("required", ()))
+    for part in schema.get("allOf", ()):
+        if not isinstance(part, dict) or set(part) - {"required", "description"}:
+            return None
+        required.update(part.get("required", ()))
+    names: dict[str, Any] = {}  # constants the generated code refers to
+    # named validate_*, as fastjsonschema's functions are, so profiles count it as validation
+    lines = ["def validate_accepts(data):", "    if type(data) is not dict:",
+             "        return False", "    get = data.get"]
+    defaults = []
+    for n, (field, rules) in enumerate(properties.items()):
+        if not isinstance(rules, dict) or set(rules) - _ACCEPTOR_PROPERTY:
+            return None
+        kind, wrong = rules.get("type"), []
+        if kind == "string":
+            wrong.append("type(v) is not str")
+            low, high = rules.get("minLength", 0), rules.get("maxLength")
+            if low or high is not None:
+                wrong.append(f"not {int(low)} <= len(v)" + ("" if high is None
+                                                            else f" <= {int(high)}"))
+            if "pattern" in rules:
+                if rules["pattern"] not in patterns:
+                    return None
+                names[f"rx{n}"] = patterns[rules["pattern"]]
+                wrong.append(f"not rx{n}.search(v)")
+            if "enum" in rules:
+                if not all(isinstance(v, str) for v in rules["enum"]):
+                    return None
+                names[f"enum{n}"] = frozenset(rules["enum"])
+                wrong.append(f"v not in enum{n}")
+        elif kind == "integer" and not {"minLength", "maxLength", "pattern", "enum"} & set(rules):
+            wrong.append("type(v) is not int")
+            for bound, test in (("minimum", "v < {}"), ("maximum", "v > {}")):
+                if bound in rules:
+                    if type(rules[bound]) not in (int, float):
+                        return None
+                    wrong.append(test.format(repr(rules[bound])))
+        elif kind in ("boolean", "object") and set(rules) <= {"type", "description", "default"}:
+            wrong.append(f"type(v) is not {'bool' if kind == 'boolean' else 'dict'}")
+        else:
+            return None
+        if "default" in rules:
+            if field in required or type(rules["default"]) not in (bool, int, float, str):
+                return None
+            defaults.append((field, rules["default"]))
+        lines += [f"    v = get({field!r}, MISSING)", "    if v is MISSING:",
+                  f"        {'return False' if field in required else 'pass'}",
+                  f"    elif {' or '.join(wrong)}:", "        return False"]
+    lines += [f"    if {field!r} not in data:\n        return False"
+              for field in sorted(required - set(properties))]
+    lines += [f"    if {field!r} not in data:\n        data[{field!r}] = {value!r}"
+              for field, value in defaults]
+    lines.append("    return True")
+    namespace = {"MISSING": object(), **names}
+    exec("\n".join(lines), namespace)  # code made above from the schema alone
+    accept: Callable[[Any], bool] = namespace["validate_accepts"]
+    return accept
 
 
 def _decided_conditions(schema: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -275,16 +381,10 @@ def user_event_from(
     _check_not_future(obj, "event_time_ms", latest_ms)
     check_time_zone(obj["tz"])
     _check_key(key, obj["user_id"])
-    return UserEvent(
-        event_id=obj["event_id"],
-        user_id=obj["user_id"],
-        type=obj["type"],
-        event_time_ms=int(obj["event_time_ms"]),
-        tz=obj["tz"],
-        intent_id=obj.get("intent_id"),
-        content_id=obj.get("content_id"),
-        creator_id=obj.get("creator_id"),
-    )
+    get = obj.get
+    # by position: a frozen dataclass takes keywords at about twice the cost
+    return UserEvent(obj["event_id"], obj["user_id"], obj["type"], int(obj["event_time_ms"]),
+                     obj["tz"], get("intent_id"), get("content_id"), get("creator_id"))
 
 
 def parse_candidate(
@@ -305,18 +405,10 @@ def candidate_from(
     if obj.get("tz") is not None:
         check_time_zone(obj["tz"])
     _check_key(key, obj["user_id"])
-    return Candidate(
-        candidate_id=obj["candidate_id"],
-        user_id=obj["user_id"],
-        kind=obj["kind"],
-        content_id=obj["content_id"],
-        created_at_ms=int(obj["created_at_ms"]),
-        expires_at_ms=int(obj["expires_at_ms"]),
-        critical=bool(obj.get("critical", False)),
-        creator_id=obj.get("creator_id"),
-        tz=obj.get("tz"),
-        title=obj.get("title"),
-    )
+    get = obj.get
+    return Candidate(obj["candidate_id"], obj["user_id"], obj["kind"], obj["content_id"],
+                     int(obj["created_at_ms"]), int(obj["expires_at_ms"]),
+                     bool(get("critical", False)), get("creator_id"), get("tz"), get("title"))
 
 
 # --- time zones -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import hashlib
 import math
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -139,8 +140,9 @@ class UserState:
             window = self.buckets[name]
             if window:
                 oldest = watermark // width - count
-                for bucket in [b for b in window if b <= oldest]:
-                    del window[bucket]
+                if min(window) <= oldest:  # the longer windows rarely have a bucket to drop
+                    for bucket in [b for b in window if b <= oldest]:
+                        del window[bucket]
         day_ago = watermark - MS_DAY
         if self.recent_sends_ms:
             self.recent_sends_ms = [t for t in self.recent_sends_ms if t > day_ago]
@@ -199,11 +201,15 @@ def window_counts(state: UserState, now_ms: int) -> tuple[int, int, int]:
     counts = []
     for name, width, count in WINDOWS:
         newest = now_ms // width
-        window = state.buckets[name]
-        counts.append(sum(n for b, n in window.items() if newest - count < b <= newest))
+        oldest, total = newest - count, 0
+        for bucket, n in state.buckets[name].items():
+            if oldest < bucket <= newest:
+                total += n
+        counts.append(total)
     return counts[0], counts[1], counts[2]
 
 
+@lru_cache(maxsize=4096)  # a candidate's key is read twice and written once while it is decided
 def decided_key(candidate_id: str) -> str:
     """A short, fixed-size stand-in for a candidate id in the user's state: 64 bits of its
     BLAKE2b digest, base64url (11 characters, where an id may have 128). Two ids of one user

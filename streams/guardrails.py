@@ -19,7 +19,7 @@ import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from streams.contracts import Candidate, local_time
+from streams.contracts import Candidate, local_hour, local_time
 from streams.features import MS_DAY, UserState, sends_in_last_day
 
 if TYPE_CHECKING:  # policy.py imports this module; the config is only an annotation here
@@ -32,7 +32,7 @@ def in_quiet_hours(at_ms: int, tz: str, start_hour: int, end_hour: int) -> bool:
     >>> in_quiet_hours(0, "UTC", 22, 8), in_quiet_hours(12 * 3_600_000, "UTC", 22, 8)
     (True, False)
     """
-    hour = local_time(at_ms, tz).hour
+    hour = local_hour(at_ms, tz)  # local_time(at_ms, tz).hour, from the zone's cached offset
     if start_hour == end_hour:
         return False
     if start_hour < end_hour:

@@ -130,9 +130,26 @@ class Head:
         return (self.positives + self.prior * w) / (self.seen + w)
 
     def _inputs(self, features: Mapping[str, float]) -> dict[str, float]:
-        numbers = numeric(features)
-        x = clip_scaled(self.scaler.transform_one(numbers)) if numbers else {}
-        x.update(indicators(features))
+        """The regression's input: the numeric features scaled and clipped, in their order,
+        then the indicators as they are (``clip_scaled(scaler.transform_one(numeric(x)))``
+        updated with ``indicators(x)``), in one pass and without the intermediate dicts.
+
+        The scaling is River's ``StandardScaler.transform_one`` (no window, with std) step by
+        step, its defaultdicts read in the same order, so the statistics it leaves and the
+        numbers it gives are the same.
+        """
+        means, variances = self.scaler.means, self.scaler.vars
+        x: dict[str, float] = {}
+        hot: list[tuple[str, float]] = []
+        for name, value in features.items():
+            if "=" in name:
+                hot.append((name, value))
+                continue
+            var = variances[name]
+            scaled = (value - means[name]) / var**0.5 if var else 0.0
+            # min(CLIP, max(-CLIP, scaled)), NaN included (it becomes -CLIP there too)
+            x[name] = scaled if -CLIP <= scaled <= CLIP else CLIP if scaled > CLIP else -CLIP
+        x.update(hot)
         return x
 
     def _offset(self) -> None:
@@ -140,8 +157,11 @@ class Head:
         self.regression.offset = math.log(base / (1 - base))
 
     def predict(self, features: Mapping[str, float]) -> float:
+        """``regression.predict_proba_one(x)[True]``: the logistic loss's mean function of
+        the raw dot product, without the two-class dict around it."""
         self._offset()
-        return float(self.regression.predict_proba_one(self._inputs(features))[True])
+        regression = self.regression
+        return float(regression.loss.mean_func(regression._raw_dot_one(self._inputs(features))))
 
     def learn(self, features: Mapping[str, float], label: bool) -> None:
         """One example: scaler statistics, then one AdaGrad step, then the base rate."""

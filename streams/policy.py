@@ -533,20 +533,22 @@ def _explore_or_suppress(
     slots: list[_Slot],
 ) -> Decision:
     """Below the threshold everywhere: explore at the first free slot, or suppress."""
+    # Each outcome is built whole, not as a replace() of the suppression: most candidates end
+    # here, and dataclasses.replace was a tenth of deciding them.
     value = _demoted_score(scores, state, candidate, now_ms, config)
-    base = Decision(SUPPRESS, "below_threshold", value, threshold, False, 1.0, False, None, scores)
     if not slots:
-        return replace(base, reason=blocked_at(state, now_ms, value, config) or "min_gap")
+        reason = blocked_at(state, now_ms, value, config) or "min_gap"
+        return Decision(SUPPRESS, reason, value, threshold, False, 1.0, False, None, scores)
     at = _first_slot(state, candidate, now_ms, -math.inf, config)  # never displaces
     if at is None:
-        return base
-    if unit_hash("explore", str(config.seed), candidate.candidate_id) >= config.explore_share:
-        return replace(base, propensity=1.0 - config.explore_share)
+        return Decision(SUPPRESS, "below_threshold", value, threshold, False, 1.0, False, None,
+                        scores)
+    share = config.explore_share
+    if unit_hash("explore", str(config.seed), candidate.candidate_id) >= share:
+        return Decision(SUPPRESS, "below_threshold", value, threshold, False, 1.0 - share, False,
+                        None, scores)
     action, reason = (SEND, "explore") if at == now_ms else (HOLD, "quiet_hours")
-    return replace(
-        base, action=action, reason=reason, explore=True, propensity=config.explore_share,
-        send_at_ms=at,
-    )
+    return Decision(action, reason, value, threshold, True, share, False, at, scores)
 
 
 def _decision(

@@ -445,3 +445,22 @@ def test_replay_keeps_item_statistics_with_the_configured_half_life() -> None:
     replayer = Replayer(config, PushModel(), ReplayOptions(tick_interval_ms=60_000))
     assert replayer.decider.items is not None
     assert replayer.decider.items.half_life_ms == 86_400_000
+
+
+def test_idle_users_expire_after_the_ttl_and_only_then() -> None:
+    """The hourly sweep forgets users idle for ``user_ttl_ms``; users seen later, or with a
+    push in flight, stay (the sweep skips its scan while no user can be that old)."""
+    def event(user: str, at_ms: int, n: int) -> bytes:
+        return orjson.dumps({"event_id": f"e{n}", "user_id": user, "type": "like",
+                             "event_time_ms": at_ms, "tz": "UTC"})
+
+    ttl = 3 * HOUR
+    lines = [event("early", START, 0), event("later", START + 2 * HOUR, 1)]
+    lines += [event("clock", START + h * HOUR // 2, 10 + h) for h in range(2, 15)]
+    report = replay(lines, DeciderConfig(), options=ReplayOptions(tick_interval_ms=60_000,
+                                                                  user_ttl_ms=ttl))
+    assert report.users_expired == 2  # "early" after 3 h, "later" after 5 h of event time
+    assert report.users == 1
+    kept = replay(lines, DeciderConfig(), options=ReplayOptions(tick_interval_ms=60_000,
+                                                                user_ttl_ms=8 * HOUR))
+    assert kept.users_expired == 0 and kept.users == 3

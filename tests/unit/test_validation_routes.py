@@ -12,7 +12,7 @@ import fastjsonschema
 import orjson
 import pytest
 
-from streams.contracts import _decided_conditions, schemas_dir, validator
+from streams.contracts import _acceptor, _decided_conditions, schemas_dir, validator
 
 
 def _schema(name: str) -> dict[str, Any]:
@@ -76,3 +76,54 @@ def test_user_events_are_routed_by_type() -> None:
     routed(activity)
     with pytest.raises(fastjsonschema.JsonSchemaValueException, match="intent_id"):
         routed({**activity, "type": "push_opened"})
+
+
+
+EDGE_VALUES = [*ODD_VALUES, 1_767_225_600_000, 1_767_225_600_000.0, 946_684_799_999,
+               4_102_444_800_001, "x" * 64, "x" * 65, "x" * 128, "x" * 129, "x" * 257,
+               "Europe/Berlin", "+05:30", "+15:00", "a b", "live_started", "Live", False,
+               {"a": 1}]
+
+
+def _edge_variants(example: dict[str, Any], fields: list[str]) -> Any:
+    """The example, without one or two of its fields, and with each field set to each
+    edge value (alone, and with another field missing)."""
+    yield example
+    for a, b in itertools.combinations(fields, 2):
+        yield {k: v for k, v in example.items() if k not in (a, b)}
+    for field, value in itertools.product(fields, EDGE_VALUES):
+        yield {**example, field: value}
+        for other in fields[:: max(1, len(fields) // 3)]:
+            if other != field:
+                yield {k: v for k, v in {**example, field: value}.items() if k != other}
+
+
+@pytest.mark.parametrize("name", ["user-event", "notification-candidate"])
+def test_quick_acceptance_agrees_with_the_whole_schema(name: str) -> None:
+    """``validator`` first asks a generated check that only accepts (``_acceptor``); whatever
+    it does not accept goes to fastjsonschema. Either way the outcome, defaults filled in or
+    the error, is the whole schema's."""
+    schema = _schema(name)
+    whole, quick = fastjsonschema.compile(schema), validator(name)
+    fields = [*schema.get("properties", {}), "unknown_field"]
+    enums = {f: s["enum"] for f, s in schema.get("properties", {}).items() if "enum" in s}
+    checked = 0
+    for path in _examples(name):
+        example = orjson.loads(path.read_bytes())
+        if not isinstance(example, dict):
+            continue
+        for variant in _edge_variants(example, fields):
+            for field, values in [*enums.items(), ("", [None])]:
+                for value in values:  # every value of an enumerated field (routes)
+                    instance = variant if not field else {**variant, field: value}
+                    assert _outcome(quick, instance) == _outcome(whole, instance), instance
+                    checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("name", ["user-event", "notification-candidate"])
+def test_the_inputs_have_a_quick_acceptance(name: str) -> None:
+    schema = _schema(name)
+    decided = _decided_conditions(schema)
+    for each in [schema] if decided is None else decided[1].values():
+        assert _acceptor(each, fastjsonschema.compile(each)) is not None
