@@ -263,12 +263,21 @@ def test_the_train_agent_dead_letters_junk(worker: Any) -> None:
         async def events(self) -> Any:
             yield event
 
+    written: list[Any] = []
+
+    async def write(batch: Any) -> None:
+        written.extend(batch.outputs)
+
+    worker._write = write
+    acknowledged_after: list[int] = []
+
     async def drive() -> None:
-        async for _ in worker._train_agent(Stream()):
-            pass
+        async for _ in worker._train_agent(Stream()):  # Faust acknowledges at each yield
+            acknowledged_after.append(len(written))
 
     asyncio.run(drive())
-    [(topic_field, _, record)] = worker.batch.outputs
+    assert acknowledged_after == [1]  # the dead letter was written before the example's ack
+    [(topic_field, _, record)] = written
     assert topic_field == "dead_letters_topic" and record["error_code"] == "invalid_json"
     assert record["source_topic"] == junk.topic and record["offset"] == 4
 
