@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 STATE_CODEC = "pushflow-user-state"
 REWIND_WAIT_S = 10.0  # how long a commit waits for skipped inputs to be read again
 REWIND_RESEEK_S = 0.5  # how long a seek back has to take effect before it is repeated
+WRITES_IN_FLIGHT = 8  # batched ingestion: applied parts of fetches waiting for a write
 EVENTS, CANDIDATES, TICKS = "events", "candidates", "ticks"  # the decision agent's inputs
 # How far a tick may lead its partition's event time: the worker writes ticks from that very
 # event time, so only a tick it did not write leads it; one minute absorbs a state write that
@@ -296,6 +297,9 @@ class PushflowWorker:
         self.kind_rank = {topic: n for n, topic in enumerate(self.topics_by_kind.values())}
         self.batch = self._new_batch()
         self._write_lock = asyncio.Lock()
+        # Batched ingestion: parts of fetches applied and waiting for their write
+        self._in_flight = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        self._writes: set[asyncio.Future[None]] = set()
         # Every item's statistics, as published on item-stats (ItemStatsFollower fills it)
         self.item_stats = ItemStatsTable(
             half_life_ms=settings.item_half_life_s * 1000, ttl_ms=settings.item_ttl_s * 1000,
@@ -489,41 +493,55 @@ class PushflowWorker:
             yield None
 
     async def _on_input_batch(self, messages: list[Any]) -> None:
-        """The inputs of one fetch (:mod:`streams.ingestion`), merged by record time, applied
-        and written in parts of ``batch_max`` (states, then outputs, acknowledged by the
-        broker), each part acknowledged to Faust only then: no offset can be committed ahead
-        of what its input did. A failed write is tried again, the inputs unacknowledged
-        meanwhile, until it is written or the worker stops."""
+        """The inputs of one fetch (:mod:`streams.ingestion`), merged by record time and
+        applied in parts of ``batch_max``; each part is acknowledged to Faust only once a
+        write that holds it (states, then outputs) is acknowledged by the broker, so no offset
+        can be committed ahead of what its input did.
+
+        The writes run beside the consumer (:meth:`_write_then_ack`): while one is in flight
+        the next fetches are read and applied, and the write after it takes all of them
+        (writes go one at a time, in order). At most ``WRITES_IN_FLIGHT`` parts wait for
+        their write; the consumer waits beyond that."""
         self.metrics.input_batch.observe(len(messages))
         ordered = in_record_time_order(messages, self.kind_rank, key=_message)
         size = self.settings.batch_max
         for start in range(0, len(ordered), size):  # a large fetch is written in parts
-            await self._apply_and_write(ordered[start:start + size])
+            part = ordered[start:start + size]
+            batch = self.batch
+            for message in part:
+                self._apply(message, batch)
+            batch.inputs += len(part)
+            self._publish_counts()
+            if self.rewinding:
+                await self._seek_back()
+            await self._in_flight.acquire()
+            task = asyncio.ensure_future(self._write_then_ack(part))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
-    async def _apply_and_write(self, messages: list[Any]) -> None:
-        batch = self.batch
-        for message in messages:
-            self._apply(message, batch)
-        batch.inputs += len(messages)
-        self._publish_counts()
-        if self.rewinding:
-            await self._seek_back()
-        delay = 0.05
-        while True:
-            try:
-                await self.write_pending()
-                break
-            except Exception:  # the broker is away: write again, read nothing more meanwhile
-                if self.app.should_stop:
-                    raise
-                log.exception("writing a batch failed: writing it again in %.2f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-        consumer = cast(BatchedConsumer, self.app.consumer)
-        while self.gaps:
-            tp, first, last = self.gaps.pop(0)
-            await consumer._add_gap(tp, first, last)
-        consumer.ack_all(messages)
+    async def _write_then_ack(self, messages: list[Any]) -> None:
+        """Write what is open (``messages`` were applied to it, or to a batch a write before
+        this one took) and acknowledge them. A failed write is tried again, the inputs
+        unacknowledged meanwhile, until it is written or the worker stops."""
+        try:
+            delay = 0.05
+            while True:
+                try:
+                    await self.write_pending()
+                    break
+                except Exception:  # the broker is away: write again; nothing is acknowledged
+                    if self.app.should_stop:
+                        raise
+                    log.exception("writing a batch failed: writing it again in %.2f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+            consumer = cast(BatchedConsumer, self.app.consumer)
+            while self.gaps:
+                tp, first, last = self.gaps.pop(0)
+                await consumer._add_gap(tp, first, last)
+            consumer.ack_all(messages)
+        finally:
+            self._in_flight.release()
 
     def _new_batch(self) -> Batch:
         now = time.time()
@@ -1004,6 +1022,8 @@ class PushflowWorker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.trainer.publish_snapshot(), 5.0)
         await self.write_pending()
+        if self._writes:  # batched ingestion's writes still acknowledging their inputs
+            await asyncio.wait(set(self._writes), timeout=5.0)
         if "output" in self.__dict__:
             await asyncio.get_running_loop().run_in_executor(None, self.output.close, 5.0)
 
