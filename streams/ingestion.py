@@ -56,9 +56,10 @@ class BatchedConsumer(Consumer):
             self.ack(message)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
-        """Faust's drain loop (``faust.transport.consumer.Consumer._drain_messages``, same
-        offset and gap bookkeeping), with the batched topics' records of each fetch handed
-        to their coroutine together, in fetch order, once the fetch has been read."""
+        """Faust's drain loop (``faust.transport.consumer.Consumer._drain_messages``: the
+        same read offsets, and gaps for every topic but the batched ones), with the batched
+        topics' records of each fetch handed to their coroutine together, in fetch order,
+        once the fetch has been read."""
         if not self.batched:
             await super()._drain_messages(fetcher)
             return
